@@ -1,0 +1,50 @@
+"""Finding and parsing gin files, t5x style (`--gin_file`, `--gin.X=...`, search paths).
+
+The repository's `gin/` folder is always searched last, so `models/t5_1_1_base.gin`
+works from any directory.
+"""
+
+import os
+from typing import Sequence
+
+import gin
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
+MODELS_DIR = os.path.join(GIN_DIR, 'models')
+
+
+def model_sizes() -> list[str]:
+  """Sizes with a shipped gin file: `gin/models/t5_1_1_{size}.gin`."""
+  return sorted(name[len('t5_1_1_'):-len('.gin')] for name in os.listdir(MODELS_DIR)
+                if name.startswith('t5_1_1_') and name.endswith('.gin'))
+
+
+def model_gin_file(size: str) -> str:
+  """The gin file of a T5 1.1 size ('small', 'base', ...), or a clear error."""
+  if size not in model_sizes():
+    raise ValueError(f'unknown T5 1.1 size {size!r}; choose one of {", ".join(model_sizes())} '
+                     f'(files t5_1_1_<size>.gin in {MODELS_DIR}).')
+  return os.path.join(MODELS_DIR, f't5_1_1_{size}.gin')
+
+
+def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
+  """Resolves `name` as given, then under each search path, then under `gin/`."""
+  for directory in ('', *search_paths, GIN_DIR):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path):
+      return path
+  hint = ''
+  if os.path.basename(name).startswith('t5_1_1_'):
+    hint = f'; model sizes available: {", ".join(model_sizes())}'
+  raise FileNotFoundError(f'gin file {name!r} not found in the working directory, '
+                          f'{list(search_paths)} or {GIN_DIR}{hint}.')
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
+          search_paths: Sequence[str] = ()) -> None:
+  """Parses the files in order, then the `X=value` bindings, and finalizes the config."""
+  gin.clear_config()
+  for directory in (*search_paths, GIN_DIR):
+    gin.add_config_file_search_path(directory)
+  files = [find_gin_file(name, search_paths) for name in gin_files]
+  gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)

@@ -1,0 +1,128 @@
+"""`EncoderDecoderModel`: loss, scoring and decoding over a `network.Transformer`.
+
+Batches are dicts of `[B, L]` / `[B, T]` int arrays as produced by seqio's
+`EncDecFeatureConverter`: `encoder_input_tokens`, `decoder_input_tokens`,
+`decoder_target_tokens` and `decoder_loss_weights`. Nothing here knows about meshes,
+files or which parameters are trained.
+"""
+
+import functools
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import decoding
+from prompt_tuning import initializers
+from prompt_tuning import network
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Params = Any
+
+
+def cross_entropy(logits: Array, targets: Array, z_loss: float = 0.0,
+                  label_smoothing: float = 0.0) -> tuple[Array, Array]:
+  """Per-token loss and its z-loss part: logits [B, T, V], targets [B, T] -> ([B, T], [B, T]).
+
+  With label smoothing the target distribution puts `1 - label_smoothing` on the target
+  and spreads the rest evenly; its entropy is subtracted so a perfect model scores 0.
+  `z_loss * log(Z)^2` keeps the softmax normaliser near 1 (as in t5x).
+  """
+  vocab = logits.shape[-1]
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_probs = logits - log_z[..., None]
+  on_value = 1.0 - label_smoothing
+  off_value = label_smoothing / (vocab - 1)
+  soft_targets = jax.nn.one_hot(targets, vocab) * (on_value - off_value) + off_value
+  entropy = -(on_value * np.log(on_value) + (vocab - 1) * off_value * np.log(off_value + 1e-20)
+              ) if label_smoothing else 0.0
+  z_term = z_loss * jnp.square(log_z)
+  return -jnp.sum(soft_targets * log_probs, axis=-1) - entropy + z_term, z_term
+
+
+class EncoderDecoderModel:
+  """Loss, per-example scores and predictions for a T5 `Transformer`."""
+
+  def __init__(self, module: network.Transformer, decode_fn=decoding.greedy,
+               z_loss: float = 1e-4, label_smoothing: float = 0.0):
+    self.module = module
+    self.decode_fn = decode_fn
+    self.z_loss = z_loss
+    self.label_smoothing = label_smoothing
+
+  def init(self, rng: Array, batch: Batch) -> Params:
+    """Randomly initialised `params` (unboxed) for batches shaped like `batch`."""
+    variables = self.module.init(rng, batch['encoder_input_tokens'],
+                                 batch['decoder_input_tokens'], batch['decoder_target_tokens'])
+    return nn.meta.unbox(variables['params'])
+
+  def logical_axes(self, batch: Batch) -> Params:
+    """The logical axis names of every parameter, as `PartitionSpec`s (nothing allocated)."""
+    boxed = jax.eval_shape(lambda: self.module.init(
+        jax.random.PRNGKey(0), batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+        batch['decoder_target_tokens']))
+    return nn.get_partition_spec(boxed)['params']
+
+  def logits(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None) -> Array:
+    """Teacher-forced logits [B, T, V]; dropout is on iff `dropout_rng` is given."""
+    rngs = None if dropout_rng is None else {'dropout': dropout_rng}
+    return self.module.apply({'params': params}, batch['encoder_input_tokens'],
+                             batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+                             enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def loss_fn(self, params: Params, batch: Batch,
+              dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
+    """Mean loss over weighted target tokens, and metrics (loss, z_loss, accuracy, tokens)."""
+    logits = self.logits(params, batch, dropout_rng)
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights', targets > 0).astype(jnp.float32)
+    token_loss, z_term = cross_entropy(logits, targets, self.z_loss, self.label_smoothing)
+    num_tokens = jnp.maximum(weights.sum(), 1.0)
+    loss = jnp.sum(token_loss * weights) / num_tokens
+    correct = (jnp.argmax(logits, axis=-1) == targets) * weights
+    return loss, {'loss': loss, 'z_loss': jnp.sum(z_term * weights) / num_tokens,
+                  'accuracy': correct.sum() / num_tokens, 'num_tokens': weights.sum()}
+
+  def score_batch(self, params: Params, batch: Batch) -> Array:
+    """Per-example sum of target-token log-probabilities [B] (for rank classification)."""
+    logits = self.logits(params, batch)
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights', targets > 0)
+    log_probs = jax.nn.log_softmax(logits)
+    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(token_log_probs * weights, axis=-1)
+
+  def predict_batch(self, params: Params, batch: Batch, rng: Optional[Array] = None,
+                    max_decode_length: Optional[int] = None) -> tuple[Array, Array]:
+    """Decodes with `decode_fn` over the KV cache: (tokens [B, T], scores [B]).
+
+    T defaults to the batch's target length; tokens end with EOS then zeros.
+    """
+    tokens = batch['encoder_input_tokens']
+    length = max_decode_length or batch['decoder_target_tokens'].shape[1]
+    encoded, encoder_mask = self.module.apply({'params': params}, tokens, method='encode')
+    decode = functools.partial(self.module.apply, method='decode', decode=True,
+                               max_decode_length=length, mutable=['cache'])
+    start = jnp.zeros((tokens.shape[0], 1), jnp.int32)
+    _, variables = decode({'params': params}, encoded, encoder_mask, start)
+
+    def tokens_to_logits(step_tokens, cache):
+      logits, variables = decode({'params': params, 'cache': cache}, None, None, step_tokens)
+      return logits[:, -1], variables['cache']
+
+    return self.decode_fn(tokens_to_logits, variables['cache'], batch_size=tokens.shape[0],
+                          max_decode_length=length, rng=rng)
+
+
+@gin.configurable
+def build_model(config: network.T5Config = gin.REQUIRED, prompt_length: int = 0,
+                prompt_initializer: initializers.PromptInitializer = initializers.uniform(),
+                decode_fn=decoding.greedy, z_loss: float = 1e-4,
+                label_smoothing: float = 0.0) -> EncoderDecoderModel:
+  """The model a gin run describes: `build_model.prompt_length = %PROMPT_LENGTH`, ..."""
+  module = network.Transformer(config, prompt_length, prompt_initializer)
+  return EncoderDecoderModel(module, decode_fn, z_loss, label_smoothing)

@@ -1,0 +1,29 @@
+"""prompt_tuning: soft prompt tuning of frozen T5 models in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name='prompt_tuning',
+    version='0.1.0',
+    description='Prompt tuning (Lester et al., 2021) of frozen T5 models in JAX/Flax.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    packages=setuptools.find_packages(include=['prompt_tuning', 'prompt_tuning.*']),
+    python_requires='>=3.11',
+    install_requires=[
+        'absl-py>=2.1',
+        'flax>=0.10,<0.13',
+        'gin-config>=0.5',
+        'jax>=0.6,<0.12',
+        'numpy>=1.26',
+        'optax>=0.2.4',
+        'sentencepiece>=0.2',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist>=3.6'],
+        'hf': ['torch>=2.4', 'transformers>=5.0,<6', 'safetensors>=0.4'],
+        'gpu': ['jax[cuda12]>=0.6,<0.12'],
+        'tpu': ['jax[tpu]>=0.6,<0.12'],
+    },
+)

@@ -1,0 +1,65 @@
+"""Shared test helpers: the Hugging Face reference model and small batches."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+VOCAB_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 't5_vocab',
+                          'sentencepiece.model')
+
+
+def _import_torch_side():
+  """torch + transformers; a skip locally, a failure in CI (CI=true) when missing."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    if os.environ.get('CI') == 'true':
+      pytest.fail(f'CI must run the Hugging Face parity tests; install the hf extra ({e}).')
+    pytest.skip(f'Hugging Face parity needs the hf extra: {e}')
+  return torch, transformers
+
+
+@pytest.fixture(scope='session')
+def make_hf_t5():
+  """Factory: a randomly initialised HF T5 (eval mode) and its weights in our layout."""
+  torch, transformers = _import_torch_side()
+  from prompt_tuning import hf_convert  # pylint: disable=g-import-not-at-top
+
+  def make(seed=0, lm_head_scale=None, eos_boost=0.0, **config):
+    torch.manual_seed(seed)
+    defaults = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                    feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+                    dropout_rate=0.0, decoder_start_token_id=0)
+    hf_config = transformers.T5Config(**{**defaults, **config})
+    model = transformers.T5ForConditionalGeneration(hf_config).eval()
+    if not hf_config.scale_decoder_outputs:  # Untie the output layer, as in T5 1.1.
+      head = torch.randn_like(model.lm_head.weight) * (lm_head_scale or 1.0)
+      head[1] += eos_boost * head[1].sign()  # Make EOS (id 1) come up in decoding tests.
+      model.lm_head.weight = torch.nn.Parameter(head)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    cfg = hf_convert.config_from_hf(hf_config.to_dict(), dtype='float32')
+    return model, cfg, hf_convert.from_hf(state, cfg)
+
+  return make
+
+
+def make_batch(encoder_lengths, target_lengths, vocab_size=64, encoder_len=None,
+               target_len=None, seed=0):
+  """A seqio-style batch with random tokens (ids >= 2), padded with zeros."""
+  rng = np.random.RandomState(seed)
+  encoder_len = encoder_len or max(encoder_lengths)
+  target_len = target_len or max(target_lengths)
+  inputs = np.zeros((len(encoder_lengths), encoder_len), np.int32)
+  targets = np.zeros((len(target_lengths), target_len), np.int32)
+  for i, n in enumerate(encoder_lengths):
+    inputs[i, :n] = rng.randint(2, vocab_size, n)
+  for i, n in enumerate(target_lengths):
+    targets[i, :n] = rng.randint(2, vocab_size, n)
+  decoder_inputs = np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  return {'encoder_input_tokens': jnp.asarray(inputs),
+          'decoder_input_tokens': jnp.asarray(decoder_inputs),
+          'decoder_target_tokens': jnp.asarray(targets),
+          'decoder_loss_weights': jnp.asarray(targets > 0, jnp.float32)}
