@@ -1,13 +1,21 @@
-"""Finding and parsing gin files, t5x style (`--gin_file`, `--gin.X=...`, search paths).
+"""Gin files and flags, t5x style: `--gin_file`, `--gin.X=...`, `--gin_search_paths`.
 
 The repository's `gin/` folder is always searched last, so `models/t5_1_1_base.gin`
-works from any directory.
+works from any directory. Entry points call `run(main)` and then `parse_flags()`.
 """
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
+from absl import app
+from absl import flags
 import gin
+
+_GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin files to parse, in order.')
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    'gin_bindings', [], 'Gin bindings, applied after the files; `--gin.X=V` is short for '
+    '`--gin_bindings="X = V"`.')
+_GIN_SEARCH_PATHS = flags.DEFINE_list('gin_search_paths', [], 'Folders holding gin files.')
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 MODELS_DIR = os.path.join(GIN_DIR, 'models')
@@ -48,3 +56,23 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
     gin.add_config_file_search_path(directory)
   files = [find_gin_file(name, search_paths) for name in gin_files]
   gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+
+
+def rewrite_gin_args(args: Sequence[str]) -> list[str]:
+  """Turns each `--gin.NAME=VALUE` into `--gin_bindings=NAME = VALUE`."""
+  def rewrite(arg):
+    if not arg.startswith('--gin.'):
+      return arg
+    name, _, value = arg[len('--gin.'):].partition('=')
+    return f'--gin_bindings={name} = {value}'
+  return [rewrite(arg) for arg in args]
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`app.run` that understands `--gin.X=V` flags."""
+  app.run(main, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
+
+
+def parse_flags() -> None:
+  """Parses the gin files and bindings given on the command line."""
+  parse(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)

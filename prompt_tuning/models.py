@@ -56,15 +56,17 @@ class EncoderDecoderModel:
 
   def init(self, rng: Array, batch: Batch) -> Params:
     """Randomly initialised `params` (unboxed) for batches shaped like `batch`."""
-    variables = self.module.init(rng, batch['encoder_input_tokens'],
-                                 batch['decoder_input_tokens'], batch['decoder_target_tokens'])
+    variables = jax.jit(self.module.init)(rng, batch['encoder_input_tokens'],
+                                          batch['decoder_input_tokens'],
+                                          batch['decoder_target_tokens'])
     return nn.meta.unbox(variables['params'])
 
   def logical_axes(self, batch: Batch) -> Params:
-    """The logical axis names of every parameter, as `PartitionSpec`s (nothing allocated)."""
-    boxed = jax.eval_shape(lambda: self.module.init(
-        jax.random.PRNGKey(0), batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-        batch['decoder_target_tokens']))
+    """Every parameter's logical axis names, as `PartitionSpec`s; `batch` may hold
+    `jax.ShapeDtypeStruct`s (nothing is allocated)."""
+    boxed = jax.eval_shape(self.module.init, jax.random.PRNGKey(0),
+                           batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+                           batch['decoder_target_tokens'])
     return nn.get_partition_spec(boxed)['params']
 
   def logits(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None) -> Array:

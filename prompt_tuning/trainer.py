@@ -1,0 +1,123 @@
+"""The train state, the trainable/frozen split, the optimiser and the jitted steps.
+
+Trainable and frozen weights are separate trees: gradients are taken with respect to
+the trainable tree only (so XLA never computes weight gradients of the frozen model),
+optimiser state exists only for it, and the frozen tree may be cast to bf16.
+"""
+
+import functools
+import re
+from typing import Any, Optional, Sequence
+
+import flax
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from prompt_tuning import models
+
+Params = Any
+PROMPT_ONLY = (r'encoder/prompt/.*',)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes; checkpoints save exactly this."""
+  step: jax.Array  # [] int32.
+  trainable: Params
+  opt_state: optax.OptState
+  rng: jax.Array  # Dropout key, split each step.
+
+
+def _flat(params: Params) -> dict[str, Any]:
+  return traverse_util.flatten_dict(params, sep='/')
+
+
+def split_params(params: Params, trainable_patterns: Sequence[str]) -> tuple[Params, Params]:
+  """(trainable, frozen): a parameter is trainable if its `/`-joined path fully matches
+  any pattern (`encoder/prompt/.*` = prompt tuning, `.*` = model tuning)."""
+  flat = _flat(params)
+  is_trainable = lambda path: any(re.fullmatch(p, path) for p in trainable_patterns)
+  trainable = {path: value for path, value in flat.items() if is_trainable(path)}
+  if not trainable:
+    raise ValueError(f'TRAINABLE_PARAMETERS {list(trainable_patterns)} match no parameter; '
+                     'use encoder/prompt/.* (prompt tuning, needs PROMPT_LENGTH > 0) or .*')
+  frozen = {path: value for path, value in flat.items() if path not in trainable}
+  unflat = lambda tree: traverse_util.unflatten_dict(tree, sep='/')
+  return unflat(trainable), unflat(frozen)
+
+
+def merge_params(trainable: Params, frozen: Params) -> Params:
+  """The inverse of `split_params`."""
+  return traverse_util.unflatten_dict({**_flat(frozen), **_flat(trainable)}, sep='/')
+
+
+def cast_frozen(frozen: Params, dtype: Optional[str]) -> Params:
+  """Frozen weights in `dtype` (e.g. 'bfloat16' halves their memory); None keeps them."""
+  if dtype is None:
+    return frozen
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      frozen)
+
+
+@gin.configurable
+def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
+              weight_decay_rate: float = 1e-5,
+              multiply_by_parameter_scale: bool = False) -> optax.GradientTransformation:
+  """The paper's optimiser: Adafactor, constant LR 0.3, decay 0.8, weight decay 1e-5,
+  no parameter scaling. Any optax optimiser can be bound in gin instead."""
+  return optax.adafactor(learning_rate, decay_rate=decay_rate,
+                         weight_decay_rate=weight_decay_rate,
+                         multiply_by_parameter_scale=multiply_by_parameter_scale)
+
+
+def train_step(model: models.EncoderDecoderModel, optimizer: optax.GradientTransformation,
+               state: TrainState, frozen: Params, batch) -> tuple[TrainState, dict]:
+  """One optimiser step on the trainable tree; `frozen` is read, never written."""
+  rng, dropout_rng = jax.random.split(state.rng)
+
+  def loss_of(trainable):
+    return model.loss_fn(merge_params(trainable, frozen), batch, dropout_rng)
+
+  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.trainable)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  metrics['grad_norm'] = optax.global_norm(grads)
+  return TrainState(state.step + 1, trainable, opt_state, rng), metrics
+
+
+def eval_step(model: models.EncoderDecoderModel, trainable: Params, frozen: Params,
+              batch) -> dict:
+  """Loss and accuracy without dropout."""
+  return model.loss_fn(merge_params(trainable, frozen), batch)[1]
+
+
+class Trainer:
+  """Jits the steps once for a mesh, with explicit shardings and donation of the state."""
+
+  def __init__(self, model: models.EncoderDecoderModel, optimizer: optax.GradientTransformation,
+               state_shardings: Any, frozen_shardings: Any, batch_sharding: Any):
+    self.state_shardings = state_shardings
+    self.train_step = jax.jit(functools.partial(train_step, model, optimizer),
+                              in_shardings=(state_shardings, frozen_shardings, batch_sharding),
+                              out_shardings=(state_shardings, None), donate_argnums=(0,))
+    self.eval_step = jax.jit(functools.partial(eval_step, model),
+                             in_shardings=(state_shardings.trainable, frozen_shardings,
+                                           batch_sharding))
+
+
+def init_state(trainable: Params, optimizer: optax.GradientTransformation, seed: int,
+               trainable_shardings: Any, mesh: jax.sharding.Mesh) -> TrainState:
+  """A step-0 state on `mesh`; XLA lays the optimiser slots out like their parameters."""
+  trainable = jax.device_put(trainable, trainable_shardings)
+  opt_state = jax.jit(optimizer.init)(trainable)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step, rng = jax.device_put((jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed)), replicated)
+  return TrainState(step, trainable, opt_state, rng)
+
+
+def state_shardings(state: TrainState) -> TrainState:
+  """The shardings of a placed state (step and rng replicated like everything small)."""
+  return jax.tree.map(lambda x: x.sharding, state)

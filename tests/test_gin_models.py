@@ -1,0 +1,80 @@
+"""Every shipped model and prompt gin file builds; parameter counts match the published ones."""
+
+import os
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import VOCAB_PATH
+from prompt_tuning import gin_config
+from prompt_tuning import models
+
+# Published T5 1.1 sizes (rounded as in the T5 1.1 release notes).
+PUBLISHED = {'small': 77e6, 'base': 248e6, 'large': 783e6, 'xl': 2.85e9, 'xxl': 11.1e9}
+SHAPES = {name: jax.ShapeDtypeStruct((1, 8), jnp.int32) for name in
+          ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
+
+
+def _build(gin_files, bindings=()):
+  gin_config.parse(gin_files, bindings)
+  return models.build_model()
+
+
+def _count(model):
+  axes = model.logical_axes(SHAPES)  # Abstract: nothing is materialised.
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), SHAPES)
+  assert jax.tree.structure(axes) == jax.tree.structure(shapes)
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def test_all_sizes_are_shipped():
+  assert gin_config.model_sizes() == sorted(['tiny', *PUBLISHED])
+
+
+@pytest.mark.parametrize('size', sorted(PUBLISHED))
+def test_model_gin_builds_with_published_parameter_count(size):
+  count = _count(_build([gin_config.model_gin_file(size)]))
+  assert abs(count - PUBLISHED[size]) / PUBLISHED[size] < 0.005, f'{size}: {count:,}'
+
+
+def test_unknown_size_is_a_clear_error():
+  with pytest.raises(ValueError, match="unknown T5 1.1 size 'huge'; choose one of base, large"):
+    gin_config.model_gin_file('huge')
+  with pytest.raises(FileNotFoundError, match='model sizes available: base, large'):
+    gin_config.parse(['models/t5_1_1_huge.gin'])
+
+
+PROMPT_BINDINGS = {
+    'uniform.gin': [],
+    'sampled_vocab.gin': [],
+    'class_labels.gin': ["CLASS_LABELS = ['negative', 'positive']",
+                         f"VOCABULARY_PATH = '{VOCAB_PATH}'"],
+    'text.gin': ["PROMPT_TEXT = 'Is this review positive?'", f"VOCABULARY_PATH = '{VOCAB_PATH}'"],
+    'from_file.gin': ["PROMPT_FILE = '{tmp}/prompt.npy'"],
+}
+
+
+@pytest.mark.parametrize('prompt_file', sorted(os.listdir(os.path.join(gin_config.GIN_DIR,
+                                                                      'prompts'))))
+def test_prompt_gin_builds_a_prompted_tiny_model(prompt_file, tmp_path):
+  np.save(tmp_path / 'prompt.npy', np.zeros((7, 32), np.float32))
+  bindings = [b.format(tmp=tmp_path) for b in PROMPT_BINDINGS[prompt_file]]
+  model = _build(['models/t5_1_1_tiny.gin', f'prompts/{prompt_file}'],
+                 ['PROMPT_LENGTH = 7', *bindings])
+  params = model.init(jax.random.PRNGKey(0), {k: jnp.ones(v.shape, v.dtype)
+                                              for k, v in SHAPES.items()})
+  assert params['encoder']['prompt']['prompt'].shape == (7, 32)
+
+
+def test_misspelled_binding_names_the_binding():
+  with pytest.raises(ValueError, match='T5Config.emb_dimm'):
+    gin_config.parse(['models/t5_1_1_tiny.gin'], ['network.T5Config.emb_dimm = 3'])
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  yield
+  gin.clear_config()
