@@ -5,10 +5,13 @@ works from any directory. Entry points call `run(main)` and then `parse_flags()`
 """
 
 import os
+import sys
+import traceback
 from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import gin
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin files to parse, in order.')
@@ -69,8 +72,20 @@ def rewrite_gin_args(args: Sequence[str]) -> list[str]:
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run` that understands `--gin.X=V` flags."""
-  app.run(main, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
+  """`app.run` that understands `--gin.X=V` flags and turns bad input (a ValueError,
+  a missing file, a gin error) into one line on stderr and exit status 1."""
+
+  def main_with_clear_errors(argv):
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)  # Quiet library INFO logs (orbax, seqio).
+    try:
+      main(argv)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+      logging.debug('%s', traceback.format_exc())  # Shown with --verbosity=1.
+      message = ' '.join(str(e).split())
+      sys.exit(f'error: {message}')
+
+  app.run(main_with_clear_errors, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
 
 
 def parse_flags() -> None:

@@ -1,0 +1,147 @@
+"""Orbax checkpoints of the train state, frozen-weight loading, fingerprints and export.
+
+A run's checkpoint (`MODEL_DIR/checkpoints/<step>/`) holds what the run changed (the
+`TrainState`: step, trainable params, optimiser state, rng) and `meta`: the data position,
+the trainable shapes, and the frozen weights' path and fingerprint. Orbax writes each step
+to a temporary folder and renames it when complete, so a run killed mid-save resumes
+from the previous complete step.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Any, Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from prompt_tuning import trainer
+
+Params = Any
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """When to save and what to keep."""
+  period: int = 1000  # Save every `period` steps (and at the end).
+  keep: int = 3  # The newest `keep` steps stay.
+  best_metric: Optional[str] = None  # E.g. 'my_task/accuracy': also keep the best step.
+  best_mode: str = 'max'  # 'max' or 'min' for `best_metric`.
+
+
+def fingerprint(params: Params) -> str:
+  """A short hash of the exact bits of every array (independent of sharding and order of
+  reduction: sums of the raw bits, modulo 2^32, plain and position-weighted)."""
+  @jax.jit
+  def checksums(tree):
+    def one(x):
+      bits = jax.lax.bitcast_convert_type(x, {2: jnp.uint16, 4: jnp.uint32, 1: jnp.uint8}[
+          x.dtype.itemsize]).astype(jnp.uint32).reshape(-1)
+      weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
+      return jnp.stack([bits.sum(dtype=jnp.uint32), (bits * weights).sum(dtype=jnp.uint32)])
+    return jax.tree.map(one, tree)
+
+  leaves = traverse_util.flatten_dict(params, sep='/')
+  sums = traverse_util.flatten_dict(jax.device_get(checksums(params)), sep='/')
+  digest = hashlib.sha256()
+  for path in sorted(leaves):
+    digest.update(f'{path}:{leaves[path].shape}:{leaves[path].dtype}:{sums[path].tolist()};'
+                  .encode())
+  return digest.hexdigest()[:16]
+
+
+def save_params(directory: str, params: Params) -> None:
+  """Writes a full parameter tree in our own format (an orbax checkpoint)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(directory), params, force=True)
+
+
+def load_params(directory: str, abstract_params: Params) -> Params:
+  """Reads our format straight into the shardings of `abstract_params`
+  (`jax.ShapeDtypeStruct`s with `sharding`), checking every shape."""
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'INITIAL_CHECKPOINT_PATH {directory} does not exist.')
+  with ocp.StandardCheckpointer() as checkpointer:
+    stored = checkpointer.metadata(directory).item_metadata.tree
+    flat_stored = traverse_util.flatten_dict(dict(stored), sep='/')
+    for path, want in traverse_util.flatten_dict(abstract_params, sep='/').items():
+      got = flat_stored.get(path)
+      if got is None or tuple(got.shape) != tuple(want.shape):
+        raise ValueError(f'INITIAL_CHECKPOINT_PATH {directory}: {path} is '
+                         f'{None if got is None else tuple(got.shape)} but the gin model needs '
+                         f'{tuple(want.shape)}; use the model gin file of that checkpoint.')
+    return checkpointer.restore(directory, abstract_params)
+
+
+class RunCheckpoints:
+  """The checkpoints of one run in `MODEL_DIR/checkpoints` (and `MODEL_DIR/best`)."""
+
+  def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
+    self.config = config
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, create=True)
+    self.latest = ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), 'checkpoints'),
+                                        options=options, item_names=('state', 'meta'))
+    self.best = None
+    if config.best_metric:
+      best_options = ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=True, best_mode=config.best_mode,
+          best_fn=lambda metrics: metrics[config.best_metric])
+      self.best = ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), 'best'),
+                                        options=best_options, item_names=('state', 'meta'))
+
+  def latest_step(self) -> Optional[int]:
+    return self.latest.latest_step()
+
+  def save(self, state: trainer.TrainState, meta: dict, metrics: Optional[dict] = None):
+    step = int(state.step)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if step not in self.latest.all_steps():
+      self.latest.save(step, args=args)
+    if self.best and metrics and self.config.best_metric in metrics:
+      self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()})
+
+  def read_meta(self, step: int) -> dict:
+    return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def restore(self, step: int, like: trainer.TrainState) -> trainer.TrainState:
+    """The state at `step`, placed with the shardings of the state `like`."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            like)
+    return self.latest.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+
+  def close(self):
+    for manager in (self.latest, self.best):
+      if manager:
+        manager.wait_until_finished()
+        manager.close()
+
+
+def trainable_shapes(trainable: Params) -> dict[str, list[int]]:
+  return {path: list(x.shape) for path, x in traverse_util.flatten_dict(trainable, sep='/').items()}
+
+
+def check_resumable(meta: dict, trainable: Params, frozen_record: dict) -> None:
+  """Refuses to resume a run whose prompt shape or frozen weights differ from the checkpoint."""
+  shapes = trainable_shapes(trainable)
+  if meta['trainable_shapes'] != shapes:
+    raise ValueError(f'MODEL_DIR holds a checkpoint with trainable shapes '
+                     f'{meta["trainable_shapes"]} but this run builds {shapes} (a different '
+                     'PROMPT_LENGTH or model?); use the original settings or a new MODEL_DIR.')
+  if meta['frozen'] != frozen_record:
+    raise ValueError(f'MODEL_DIR was trained on frozen weights {meta["frozen"]} but this run '
+                     f'loads {frozen_record}; resume with the same INITIAL_CHECKPOINT_PATH or '
+                     'use a new MODEL_DIR.')
+
+
+def export_prompt(trainable: Params, path: str) -> None:
+  """Writes the prompt `[P, E]` as float32 `.npy`."""
+  prompt = np.asarray(jax.device_get(trainable['encoder']['prompt']['prompt']), np.float32)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.save(path, prompt)

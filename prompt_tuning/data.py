@@ -1,0 +1,77 @@
+"""seqio tasks -> per-host numpy batches in a deterministic, resumable order."""
+
+import dataclasses
+import importlib
+from typing import Iterator, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+tf.config.set_visible_devices([], 'GPU')  # tf.data only; accelerators belong to JAX.
+
+HostBatch = dict[str, np.ndarray]  # `[B / num_hosts, ...]` arrays.
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which examples a run reads and how they are batched."""
+  mixture_or_task_name: str  # A registered seqio Task or Mixture.
+  task_feature_lengths: Mapping[str, int]  # E.g. {'inputs': 512, 'targets': 16}.
+  split: str = 'train'
+  batch_size: int = 32  # Global, over all hosts.
+  shuffle: bool = True
+  seed: int = 42  # Fixes the shuffle, so a resumed run sees the same order.
+  pack: bool = False  # Refused with a prompt: each example needs its own prompt.
+  use_cached: bool = False  # Read a seqio cache made by seqio's cache_tasks_main.
+
+
+def import_task_modules(modules: str | Sequence[str]) -> None:
+  """Imports the module(s) that register seqio tasks (MIXTURE_OR_TASK_MODULE)."""
+  for module in [modules] if isinstance(modules, str) else modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise ValueError(f'cannot import task module {module!r} ({e}); check '
+                       'MIXTURE_OR_TASK_MODULE and PYTHONPATH.') from None
+
+
+def get_task(name: str) -> seqio.Task | seqio.Mixture:
+  """The registered task or mixture, or a clear error."""
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    raise ValueError(f'unknown task or mixture {name!r}: register it in a module and name '
+                     'that module in MIXTURE_OR_TASK_MODULE (or a gin import line).') from None
+
+
+def check_packing(config: DataConfig, prompt_length: int) -> None:
+  if config.pack and prompt_length:
+    raise ValueError('packing is not supported with a prompt (each example needs its own '
+                     'prompt); set DataConfig.pack = False.')
+
+
+def feature_converter(pack: bool = False) -> seqio.EncDecFeatureConverter:
+  return seqio.EncDecFeatureConverter(pack=pack)
+
+
+def host_batches(config: DataConfig, shard_index: int, num_shards: int,
+                 start_step: int = 0, num_epochs: Optional[int] = None) -> Iterator[HostBatch]:
+  """This host's share of each global batch, from batch `start_step` on.
+
+  The order depends only on `config` (seed included), so batch k is the same whether a run
+  reaches it directly or resumes at it.
+  """
+  get_task(config.mixture_or_task_name)
+  if config.batch_size % num_shards:
+    raise ValueError(f'BATCH_SIZE={config.batch_size} is not divisible by the {num_shards} '
+                     'hosts; use a multiple.')
+  dataset = seqio.get_dataset(
+      config.mixture_or_task_name, config.task_feature_lengths, dataset_split=config.split,
+      shuffle=config.shuffle, num_epochs=num_epochs, seed=config.seed,
+      shard_info=seqio.ShardInfo(shard_index, num_shards), use_cached=config.use_cached,
+      feature_converter=feature_converter(config.pack))
+  dataset = dataset.batch(config.batch_size // num_shards, drop_remainder=True)
+  return dataset.skip(start_step).as_numpy_iterator()

@@ -1,0 +1,103 @@
+"""What train, evaluate and infer share: the run's model, weights, mesh and restored state.
+
+`RunSetup` is bound once in `gin/runs/prompt_finetune.gin`; `prepare` turns it into a
+placed, possibly resumed `PreparedRun`.
+"""
+
+import dataclasses
+import os
+from typing import Any, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from prompt_tuning import checkpoints
+from prompt_tuning import data
+from prompt_tuning import models
+from prompt_tuning import partitioning
+from prompt_tuning import trainer
+
+Params = Any
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+  """One run: which model, which frozen weights, which parameters train, where it lives."""
+  model_dir: str  # MODEL_DIR: checkpoints, logs and exports.
+  model: models.EncoderDecoderModel
+  optimizer: optax.GradientTransformation
+  initial_checkpoint_path: Optional[str] = None  # Frozen weights; None = random (tests).
+  trainable_parameters: Sequence[str] = trainer.PROMPT_ONLY  # Regexes over `/` paths.
+  frozen_dtype: Optional[str] = None  # FROZEN_DTYPE, e.g. 'bfloat16'.
+  task_modules: Sequence[str] = ()  # MIXTURE_OR_TASK_MODULE.
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class PreparedRun:
+  """Placed arrays and jitted steps, ready to train or evaluate."""
+  mesh: jax.sharding.Mesh
+  state: trainer.TrainState
+  frozen: Params
+  frozen_record: dict  # {'path', 'fingerprint'} of the frozen weights.
+  steps: trainer.Trainer
+  checkpoints: checkpoints.RunCheckpoints
+
+
+def batch_shapes(feature_lengths, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of an `EncDecFeatureConverter` batch."""
+  shape = lambda length: jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
+  return {'encoder_input_tokens': shape(feature_lengths['inputs']),
+          'decoder_input_tokens': shape(feature_lengths['targets']),
+          'decoder_target_tokens': shape(feature_lengths['targets']),
+          'decoder_loss_weights': shape(feature_lengths['targets'])}
+
+
+def load_model_params(model: models.EncoderDecoderModel, mesh, shapes,
+                      initial_checkpoint_path: Optional[str], seed: int) -> tuple[Params, Any]:
+  """(params, their shardings): frozen weights from the checkpoint (or random), and a
+  freshly initialised prompt, each placed straight into its sharding."""
+  shardings = partitioning.logical_shardings(mesh, model.logical_axes(shapes))
+  rng = jax.random.PRNGKey(seed)
+  if not initial_checkpoint_path:
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
+    return jax.jit(model.init, out_shardings=shardings)(rng, zeros), shardings
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          jax.eval_shape(model.init, rng, shapes), shardings)
+  prompt = abstract['encoder'].pop('prompt', None)
+  params = checkpoints.load_params(initial_checkpoint_path, abstract)
+  if prompt is not None:
+    embeddings = params['token_embedder']['embedding']
+    init = jax.jit(lambda key: model.module.prompt_initializer(
+        key, prompt['prompt'].shape, embeddings).astype(prompt['prompt'].dtype),
+                   out_shardings=prompt['prompt'].sharding)
+    params['encoder']['prompt'] = {'prompt': init(rng)}
+  return params, shardings
+
+
+def prepare(setup: RunSetup, shapes, checkpoint_config: checkpoints.CheckpointConfig,
+            mesh: Optional[jax.sharding.Mesh] = None) -> PreparedRun:
+  """Loads the weights, splits them, and resumes from MODEL_DIR's newest checkpoint."""
+  data.import_task_modules(setup.task_modules)
+  os.makedirs(setup.model_dir, exist_ok=True)
+  mesh = mesh or partitioning.create_mesh()
+  params, shardings = load_model_params(setup.model, mesh, shapes,
+                                        setup.initial_checkpoint_path, setup.seed)
+  trainable, frozen = trainer.split_params(params, setup.trainable_parameters)
+  trainable_shardings, frozen_shardings = trainer.split_params(shardings,
+                                                               setup.trainable_parameters)
+  frozen = trainer.cast_frozen(frozen, setup.frozen_dtype)
+  frozen_record = {'path': setup.initial_checkpoint_path or f'random init (seed {setup.seed})',
+                   'fingerprint': checkpoints.fingerprint(frozen)}
+  state = trainer.init_state(trainable, setup.optimizer, setup.seed, trainable_shardings, mesh)
+  run_checkpoints = checkpoints.RunCheckpoints(setup.model_dir, checkpoint_config)
+  latest = run_checkpoints.latest_step()
+  if latest is not None:
+    checkpoints.check_resumable(run_checkpoints.read_meta(latest), trainable, frozen_record)
+    state = run_checkpoints.restore(latest, state)
+  steps = trainer.Trainer(setup.model, setup.optimizer, trainer.state_shardings(state),
+                          frozen_shardings, partitioning.batch_sharding(mesh))
+  return PreparedRun(mesh, state, frozen, frozen_record, steps, run_checkpoints)

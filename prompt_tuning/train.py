@@ -1,0 +1,107 @@
+r"""Prompt tuning (or model tuning) from gin, t5x style.
+
+    python -m prompt_tuning.train \
+      --gin_file=models/t5_1_1_base.gin --gin_file=prompts/class_labels.gin \
+      --gin_file=runs/prompt_finetune.gin \
+      --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'my_task'" \
+      --gin.INITIAL_CHECKPOINT_PATH="'/path/to/frozen/params'"
+
+Resumes from the newest checkpoint in MODEL_DIR; writes checkpoints, TensorBoard logs
+(`train/`, `eval/`), the gin config and, at the end, `prompt.npy` (prompt tuning) or
+`params/` (model tuning).
+"""
+
+import os
+import time
+from typing import Optional
+
+import gin
+import jax
+
+from prompt_tuning import checkpoints
+from prompt_tuning import data
+from prompt_tuning import evaluation
+from prompt_tuning import gin_config
+from prompt_tuning import partitioning
+from prompt_tuning import progress
+from prompt_tuning import runs
+from prompt_tuning import trainer
+
+
+@gin.configurable
+def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          train_data: data.DataConfig = gin.REQUIRED,
+          eval_data: Optional[evaluation.EvalConfig] = None,
+          checkpoint: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
+          mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, float]:
+  """Trains `setup`'s trainable parameters for `train_steps` steps (resuming if MODEL_DIR
+  has a checkpoint); returns the last eval metrics."""
+  started = time.time()
+  data.import_task_modules(setup.task_modules)
+  data.get_task(train_data.mixture_or_task_name)
+  data.check_packing(train_data, setup.model.module.prompt_length)
+  os.makedirs(setup.model_dir, exist_ok=True)
+  is_primary = jax.process_index() == 0
+  if is_primary:
+    with open(os.path.join(setup.model_dir, 'config.gin'), 'w') as f:
+      f.write(gin.config_str())
+  run = runs.prepare(setup, runs.batch_shapes(train_data.task_feature_lengths,
+                                              train_data.batch_size), checkpoint, mesh)
+  start_step = int(run.state.step)
+  evaluator = eval_data and evaluation.Evaluator(eval_data, setup.model,
+                                                 partitioning.batch_sharding(run.mesh))
+  batches = data.host_batches(train_data, jax.process_index(), jax.process_count(), start_step)
+  report = progress.Progress(setup.model_dir, start_step, train_steps, train_data.batch_size,
+                             is_primary)
+
+  def run_eval():
+    metrics = evaluator.evaluate(run.state.trainable, run.frozen, int(run.state.step))
+    report.eval_metrics(int(run.state.step), metrics, setup.model_dir)
+    return metrics
+
+  eval_metrics = run_eval() if evaluator and start_step == 0 else {}
+  for step in range(start_step + 1, train_steps + 1):
+    batch = partitioning.host_batch_to_global(run.mesh, next(batches))
+    run.state, metrics = run.steps.train_step(run.state, run.frozen, batch)
+    report.train_step(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
+    if step == start_step + 1 and is_primary:
+      with open(os.path.join(setup.model_dir, 'operative_config.gin'), 'w') as f:
+        f.write(gin.operative_config_str())
+    last = step == train_steps
+    evaluate_now = evaluator and (last or (eval_data.period and step % eval_data.period == 0))
+    if evaluate_now:
+      eval_metrics = run_eval()
+    if last or step % checkpoint.period == 0:
+      meta = {'step': step, 'data_position': step, 'frozen': run.frozen_record,
+              'trainable_shapes': checkpoints.trainable_shapes(run.state.trainable)}
+      run.checkpoints.save(run.state, meta, eval_metrics if evaluate_now else None)
+  run.checkpoints.close()
+  if is_primary:
+    export(setup.model_dir, run)
+  unchanged = checkpoints.fingerprint(run.frozen) == run.frozen_record['fingerprint']
+  report.close(f'trained steps {start_step}→{int(run.state.step)} in '
+               f'{time.time() - started:.0f}s; frozen fingerprint '
+               f'{run.frozen_record["fingerprint"]} {"unchanged" if unchanged else "CHANGED"}; '
+               f'outputs in {setup.model_dir}')
+  return eval_metrics
+
+
+def export(model_dir: str, run: runs.PreparedRun) -> None:
+  """`prompt.npy` for a prompt; `params/` (our format) when model weights were trained."""
+  trained = checkpoints.trainable_shapes(run.state.trainable)
+  if 'encoder/prompt/prompt' in trained:
+    checkpoints.export_prompt(run.state.trainable, os.path.join(model_dir, 'prompt.npy'))
+  if any(not path.startswith('encoder/prompt/') for path in trained):
+    checkpoints.save_params(os.path.join(model_dir, 'params'),
+                            trainer.merge_params(run.state.trainable, run.frozen))
+
+
+def main(argv):
+  del argv
+  gin_config.parse_flags()
+  train()
+
+
+if __name__ == '__main__':
+  from prompt_tuning import train as train_lib  # The module gin files configure, not __main__.
+  gin_config.run(train_lib.main)

@@ -1,0 +1,41 @@
+"""A tiny learnable seqio task for tests: is the review positive? (`tiny_sentiment`)."""
+
+import os
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+VOCAB_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 't5_vocab',
+                          'sentencepiece.model')
+GOOD = ['good', 'great', 'lovely', 'fine']
+BAD = ['bad', 'awful', 'boring', 'poor']
+FILLER = ['the', 'film', 'was', 'plot', 'actors', 'very', 'and', 'music']
+
+
+def _examples(split: str, shuffle_files: bool = False, seed=None):
+  del shuffle_files, seed
+  rng = np.random.RandomState({'train': 0, 'validation': 1}[split])
+  inputs, targets = [], []
+  for _ in range({'train': 512, 'validation': 32}[split]):
+    positive = rng.rand() < 0.5
+    words = list(rng.choice(FILLER, 4)) + [rng.choice(GOOD if positive else BAD)]
+    rng.shuffle(words)
+    inputs.append(' '.join(words))
+    targets.append('positive' if positive else 'negative')
+  return tf.data.Dataset.from_tensor_slices({'inputs': inputs, 'targets': targets})
+
+
+def accuracy(targets, predictions):
+  return {'accuracy': 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
+
+
+if 'tiny_sentiment' not in seqio.TaskRegistry.names():
+  vocabulary = seqio.SentencePieceVocabulary(VOCAB_PATH)
+  seqio.TaskRegistry.add(
+      'tiny_sentiment',
+      source=seqio.FunctionDataSource(_examples, splits=['train', 'validation']),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features={name: seqio.Feature(vocabulary, add_eos=True)
+                       for name in ('inputs', 'targets')},
+      metric_fns=[accuracy])
