@@ -17,7 +17,7 @@ setuptools.setup(
         'gin-config>=0.5',
         'jax>=0.6,<0.12',
         'numpy>=1.26',
-        'optax>=0.2.4',
+        'optax>=0.2.5',
         'orbax-checkpoint>=0.11',
         'sentencepiece>=0.2',
         'seqio>=0.0.19',

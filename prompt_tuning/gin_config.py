@@ -5,6 +5,7 @@ works from any directory. Entry points call `run(main)` and then `parse_flags()`
 """
 
 import os
+import re
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -58,7 +59,14 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
   for directory in (*search_paths, GIN_DIR):
     gin.add_config_file_search_path(directory)
   files = [find_gin_file(name, search_paths) for name in gin_files]
-  gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+  try:
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+  except ValueError as e:
+    missing = re.search(r'(\w+)/macro.value set to `%gin.REQUIRED`', str(e))
+    if missing:
+      raise ValueError(f'required gin macro {missing[1]} is not set; pass '
+                       f'--gin.{missing[1]}=... (strings in quotes: "\'...\'").') from None
+    raise
 
 
 def rewrite_gin_args(args: Sequence[str]) -> list[str]:

@@ -84,7 +84,7 @@ def train_step(model: models.EncoderDecoderModel, optimizer: optax.GradientTrans
   (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.trainable)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['grad_norm'] = optax.tree_utils.tree_norm(grads)
   return TrainState(state.step + 1, trainable, opt_state, rng), metrics
 
 
@@ -110,10 +110,13 @@ class Trainer:
 
 def init_state(trainable: Params, optimizer: optax.GradientTransformation, seed: int,
                trainable_shardings: Any, mesh: jax.sharding.Mesh) -> TrainState:
-  """A step-0 state on `mesh`; XLA lays the optimiser slots out like their parameters."""
+  """A step-0 state on `mesh`. XLA lays the optimiser slots out like their parameters;
+  slots that do not depend on them (counts) are replicated."""
   trainable = jax.device_put(trainable, trainable_shardings)
-  opt_state = jax.jit(optimizer.init)(trainable)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  on_mesh = lambda x: x if x.sharding.device_set == set(mesh.devices.flat) else jax.device_put(
+      x, replicated)
+  opt_state = jax.tree.map(on_mesh, jax.jit(optimizer.init)(trainable))
   step, rng = jax.device_put((jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed)), replicated)
   return TrainState(step, trainable, opt_state, rng)
 

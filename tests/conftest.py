@@ -1,13 +1,16 @@
-"""Shared test helpers: the Hugging Face reference model and small batches."""
+"""Shared test helpers: the Hugging Face reference model, small batches, 8 CPU devices."""
 
 import os
+
+# Eight simulated CPU devices for sharding tests; set before JAX starts.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-VOCAB_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 't5_vocab',
-                          'sentencepiece.model')
 
 
 def _import_torch_side():

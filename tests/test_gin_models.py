@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import VOCAB_PATH
+from paths import VOCAB_PATH
 from prompt_tuning import gin_config
 from prompt_tuning import models
 

@@ -1,13 +1,11 @@
 """A tiny learnable seqio task for tests: is the review positive? (`tiny_sentiment`)."""
 
-import os
-
 import numpy as np
 import seqio
 import tensorflow as tf
 
-VOCAB_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 't5_vocab',
-                          'sentencepiece.model')
+from paths import VOCAB_PATH
+
 GOOD = ['good', 'great', 'lovely', 'fine']
 BAD = ['bad', 'awful', 'boring', 'poor']
 FILLER = ['the', 'film', 'was', 'plot', 'actors', 'very', 'and', 'music']

@@ -1,0 +1,54 @@
+r"""Evaluates a run's newest checkpoint (or its initial prompt) on a seqio task.
+
+    python -m prompt_tuning.evaluate \
+      --gin_file=models/t5_1_1_base.gin --gin_file=prompts/uniform.gin \
+      --gin_file=runs/prompt_eval.gin \
+      --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'my_task'"
+
+Prints the metrics and writes them to MODEL_DIR/eval/metrics_<step>.json and TensorBoard.
+"""
+
+import json
+import os
+
+import gin
+
+from prompt_tuning import checkpoints
+from prompt_tuning import evaluation
+from prompt_tuning import gin_config
+from prompt_tuning import partitioning
+from prompt_tuning import progress
+from prompt_tuning import runs
+
+
+def prepare_for_eval(setup: runs.RunSetup, eval_data: evaluation.EvalConfig):
+  """(prepared run, evaluator) for the newest checkpoint in MODEL_DIR."""
+  shapes = runs.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
+  run = runs.prepare(setup, shapes, checkpoints.CheckpointConfig())
+  evaluator = evaluation.Evaluator(eval_data, setup.model, partitioning.batch_sharding(run.mesh))
+  return run, evaluator
+
+
+@gin.configurable
+def evaluate(setup: runs.RunSetup = gin.REQUIRED,
+             eval_data: evaluation.EvalConfig = gin.REQUIRED) -> dict[str, float]:
+  run, evaluator = prepare_for_eval(setup, eval_data)
+  step = int(run.state.step)
+  metrics = evaluator.evaluate(run.state.trainable, run.frozen, step)
+  report = progress.Progress(setup.model_dir, step, step, eval_data.batch_size)
+  report.eval_metrics(step, metrics, setup.model_dir)
+  report.close()
+  with open(os.path.join(setup.model_dir, 'eval', f'metrics_{step}.json'), 'w') as f:
+    json.dump(metrics, f, indent=1)
+  return metrics
+
+
+def main(argv):
+  del argv
+  gin_config.parse_flags()
+  evaluate()
+
+
+if __name__ == '__main__':
+  from prompt_tuning import evaluate as evaluate_lib  # The module gin configures.
+  gin_config.run(evaluate_lib.main)

@@ -1,0 +1,79 @@
+"""The train / evaluate / infer entry points, run as a user would: in subprocesses."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+COMMON = ['--gin_file=models/t5_1_1_tiny.gin', '--gin_file=prompts/class_labels.gin',
+          "--gin.MIXTURE_OR_TASK_NAME='tiny_sentiment'", "--gin.MIXTURE_OR_TASK_MODULE='tiny_task'",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", '--gin.BATCH_SIZE=8',
+          '--gin.EVAL_BATCH_SIZE=16', '--gin.PROMPT_LENGTH=4',
+          "--gin.CLASS_LABELS=['positive', 'negative']"]
+
+
+def _run(module, run_file, *args, check=True):
+  from paths import VOCAB_PATH  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, 'PYTHONPATH': TESTS, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  command = [sys.executable, '-m', f'prompt_tuning.{module}', *COMMON,
+             f'--gin_file=runs/{run_file}', f"--gin.VOCABULARY_PATH='{VOCAB_PATH}'", *args]
+  result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp('run')
+  result = _run('train', 'prompt_finetune.gin', f"--gin.MODEL_DIR='{model_dir}'",
+                '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=2',
+                "--gin.BEST_METRIC='tiny_sentiment/accuracy'")
+  return model_dir, result.stdout
+
+
+def test_train_writes_checkpoints_logs_config_and_metrics(trained_run):
+  model_dir, stdout = trained_run
+  assert sorted(os.listdir(model_dir / 'checkpoints')) == ['2', '4']
+  assert len(os.listdir(model_dir / 'best')) == 1
+  assert glob.glob(str(model_dir / 'train' / 'events.out.tfevents.*'))
+  assert glob.glob(str(model_dir / 'eval' / 'events.out.tfevents.*'))
+  assert "MODEL_DIR = '" in (model_dir / 'config.gin').read_text()
+  assert 'RunSetup' in (model_dir / 'operative_config.gin').read_text()
+  assert np.load(model_dir / 'prompt.npy').shape == (4, 32)
+  for step in (0, 2, 4):
+    assert f'eval at step {step}: tiny_sentiment/accuracy' in stdout
+  assert 'frozen fingerprint' in stdout and 'unchanged' in stdout
+
+
+def test_evaluate_and_infer_read_the_trained_run(trained_run):
+  model_dir, _ = trained_run
+  args = [f"--gin.MODEL_DIR='{model_dir}'"]
+  _run('evaluate', 'prompt_eval.gin', *args)
+  metrics = json.loads((model_dir / 'eval' / 'metrics_4.json').read_text())
+  assert set(metrics) == {'tiny_sentiment/accuracy'}
+  _run('infer', 'prompt_infer.gin', *args)
+  lines = (model_dir / 'inference' / 'tiny_sentiment-validation-4.jsonl').read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert len(records) == 32
+  assert set(records[0]) == {'task', 'inputs', 'targets', 'prediction'}
+  assert records[0]['targets'] in ('positive', 'negative')
+
+
+@pytest.mark.parametrize('args,message', [
+    ([], 'error: required gin macro MODEL_DIR is not set'),
+    (["--gin.MODEL_DIR='{tmp}'", '--gin.network.T5Config.emb_dimm=8'], 'emb_dimm'),
+    (["--gin.MODEL_DIR='{tmp}'", "--gin.MIXTURE_OR_TASK_NAME='nope'"],
+     "error: unknown task or mixture 'nope'"),
+])
+def test_bad_input_is_one_line_and_a_failing_exit(tmp_path, args, message):
+  result = _run('train', 'prompt_finetune.gin', *[a.format(tmp=tmp_path) for a in args],
+                check=False)
+  assert result.returncode == 1
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('error: ') and message in last_line, result.stderr[-2000:]

@@ -1,0 +1,137 @@
+"""Training on a tiny seqio task: frozen weights untouched, loss falls, sharding and
+resumption change nothing, bad input fails early with the checkpoint intact."""
+
+import os
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`.
+from prompt_tuning import checkpoints
+from prompt_tuning import data
+from prompt_tuning import gin_config
+from prompt_tuning import partitioning
+from prompt_tuning import runs
+from prompt_tuning import train
+
+FEATURES = {'inputs': 16, 'targets': 4}
+
+
+def _parse(model_dir, *extra):
+  gin_config.parse(['models/t5_1_1_tiny.gin', 'prompts/sampled_vocab.gin',
+                    'runs/prompt_finetune.gin'],
+                   [f"MODEL_DIR = '{model_dir}'", "MIXTURE_OR_TASK_NAME = 'tiny_sentiment'",
+                    f'TASK_FEATURE_LENGTHS = {FEATURES}', 'BATCH_SIZE = 8',
+                    'PROMPT_LENGTH = 4', 'DROPOUT_RATE = 0.0', 'CHECKPOINT_PERIOD = 3',
+                    'train.train.eval_data = None', *extra])
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  yield
+  gin.clear_config()
+
+
+def _prepared(model_dir, mesh):
+  _parse(model_dir)
+  setup = runs.RunSetup()
+  shapes = runs.batch_shapes(FEATURES, 8)
+  return setup, runs.prepare(setup, shapes, checkpoints.CheckpointConfig(), mesh)
+
+
+def _batches(count):
+  config = data.DataConfig('tiny_sentiment', FEATURES, batch_size=8)
+  iterator = data.host_batches(config, 0, 1)
+  return [next(iterator) for _ in range(count)]
+
+
+def _train(run, batches):
+  losses = []
+  for batch in batches:
+    run.state, metrics = run.steps.train_step(
+        run.state, run.frozen, partitioning.host_batch_to_global(run.mesh, batch))
+    losses.append(float(metrics['loss']))
+  return losses
+
+
+def test_only_the_prompt_changes_and_the_loss_falls(tmp_path):
+  mesh = partitioning.create_mesh(devices=jax.devices()[:1])
+  _, run = _prepared(tmp_path, mesh)
+  assert list(run.state.trainable) == ['encoder'] and list(run.state.trainable['encoder']) == [
+      'prompt']
+  frozen_before = jax.device_get(run.frozen)
+  prompt_before = np.asarray(run.state.trainable['encoder']['prompt']['prompt'])
+  losses = _train(run, _batches(40))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.frozen), frozen_before)
+  assert checkpoints.fingerprint(run.frozen) == run.frozen_record['fingerprint']
+  assert not np.allclose(run.state.trainable['encoder']['prompt']['prompt'], prompt_before)
+  assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), losses
+  optimizer_leaves = jax.tree.leaves(run.state.opt_state)
+  assert sum(x.size for x in optimizer_leaves) < 10 * prompt_before.size  # Prompt-sized.
+
+
+def test_eight_devices_give_the_same_prompt_as_one(tmp_path):
+  batches = _batches(4)
+  prompts = []
+  for name, mesh in (('one', partitioning.create_mesh(devices=jax.devices()[:1])),
+                     ('eight', partitioning.create_mesh(mesh_shape=(4, 2)))):
+    _, run = _prepared(tmp_path / name, mesh)
+    _train(run, batches)
+    prompts.append(np.asarray(run.state.trainable['encoder']['prompt']['prompt']))
+    if name == 'eight':
+      kernel = run.frozen['decoder']['layers_0']['mlp']['wi_0']['kernel']
+      assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
+  np.testing.assert_allclose(prompts[0], prompts[1], rtol=1e-4, atol=1e-6)
+
+
+def _final_state(model_dir, step):
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.join(model_dir, 'checkpoints', str(step), 'state'))
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+  _parse(tmp_path / 'straight', 'TRAIN_STEPS = 6')
+  train.train()
+  _parse(tmp_path / 'resumed', 'TRAIN_STEPS = 3')
+  train.train()
+  _parse(tmp_path / 'resumed', 'TRAIN_STEPS = 6')
+  train.train()
+  straight, resumed = (_final_state(tmp_path / name, 6) for name in ('straight', 'resumed'))
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  np.testing.assert_array_equal(np.load(tmp_path / 'resumed' / 'prompt.npy'),
+                                np.load(tmp_path / 'straight' / 'prompt.npy'))
+
+
+def _checkpoint_files(model_dir):
+  return sorted((path, os.path.getmtime(os.path.join(path, name)))
+                for path, _, names in os.walk(os.path.join(model_dir, 'checkpoints'))
+                for name in names)
+
+
+@pytest.mark.parametrize('binding,message', [
+    ('PROMPT_LENGTH = 6', 'trainable shapes .* PROMPT_LENGTH'),
+    ('SEED = 1', 'trained on frozen weights .* same INITIAL_CHECKPOINT_PATH'),
+])
+def test_refuses_to_resume_a_different_run_and_keeps_its_checkpoint(tmp_path, binding, message):
+  _parse(tmp_path, 'TRAIN_STEPS = 3')
+  train.train()
+  before = _checkpoint_files(tmp_path)
+  _parse(tmp_path, 'TRAIN_STEPS = 6', binding)
+  with pytest.raises(ValueError, match=message):
+    train.train()
+  assert _checkpoint_files(tmp_path) == before
+
+
+@pytest.mark.parametrize('binding,message', [
+    ("MIXTURE_OR_TASK_NAME = 'no_such_task'", "unknown task or mixture 'no_such_task'"),
+    ('data.DataConfig.pack = True', 'packing is not supported with a prompt'),
+    ("MIXTURE_OR_TASK_MODULE = 'no_such_module'", "cannot import task module 'no_such_module'"),
+])
+def test_bad_data_settings_fail_before_anything_is_written(tmp_path, binding, message):
+  _parse(tmp_path / 'run', binding)
+  with pytest.raises(ValueError, match=message):
+    train.train()
+  assert not os.path.exists(tmp_path / 'run')
