@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from prompt_tuning import network
 from prompt_tuning.network import T5Config
 
 Params = dict[str, Any]
@@ -81,11 +82,13 @@ def from_hf(state_dict: Mapping[str, np.ndarray], config: T5Config) -> Params:
   if missing:
     raise ValueError(f'Hugging Face state dict lacks {len(missing)} weights the T5Config needs, '
                      f'e.g. {missing[:3]}; check the config matches the checkpoint.')
-  return params
+  return network.stack_layers(params, config) if config.scan_layers else params
 
 
 def to_hf(params: Params, config: T5Config) -> dict[str, np.ndarray]:
   """Our `params` tree -> HF state dict (tied names included, as HF saves them)."""
+  if config.scan_layers:
+    params = network.unstack_layers(params, config)
   state_dict = {}
   for path, key, transpose in _key_pairs(config):
     value = params

@@ -23,6 +23,14 @@ from prompt_tuning import prompts
 Array = jax.Array
 
 
+# What the backward pass may keep instead of recomputing ('none' = no remat).
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -42,12 +50,18 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dtype: str = 'bfloat16'  # Activations; parity tests use 'float32'.
   param_dtype: str = 'float32'  # Parameters as created by `init`.
+  remat_policy: str = 'none'  # Recompute layer activations in the backward pass: see REMAT.
+  scan_layers: bool = False  # One `nn.scan` per stack: params `layers/...` get a leading
+  # `layers` axis (faster compiles for deep models; use `stack_layers` to convert).
 
   def __post_init__(self):
     for name in ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers',
                  'num_decoder_layers', 'head_dim', 'mlp_dim'):
       if getattr(self, name) <= 0:
         raise ValueError(f'T5Config.{name} must be positive, got {getattr(self, name)}.')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'T5Config.remat_policy={self.remat_policy!r}: use one of '
+                       f'{sorted(REMAT_POLICIES)}.')
     unknown = set(self.mlp_activations) - set(layers.ACTIVATIONS)
     if unknown or len(self.mlp_activations) not in (1, 2):
       raise ValueError(f'T5Config.mlp_activations={self.mlp_activations}: use one or two of '
@@ -61,11 +75,13 @@ def _dtypes(config: T5Config) -> dict:
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention then MLP, each a residual branch."""
   config: T5Config
+  deterministic: bool = True
+  scanned: bool = False  # Under `nn.scan`: return (x, None).
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, bias: Array):
     """x [B, L, E], bias [B, H, L, L] -> [B, L, E]."""
-    cfg = self.config
+    cfg, deterministic = self.config, self.deterministic
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name=name)
     y = norm('pre_attention_layer_norm')(x)
@@ -76,26 +92,31 @@ class EncoderLayer(nn.Module):
     y = layers.MLP(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg),
                    name='mlp')(y, deterministic)
     x = x + dropout(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return (x, None) if self.scanned else x
 
 
 class DecoderLayer(nn.Module):
   """Pre-norm causal self-attention, cross-attention, then MLP."""
   config: T5Config
+  deterministic: bool = True
+  decode: bool = False
+  cache_length: Optional[int] = None  # Decode cache slots (max_decode_length).
+  scanned: bool = False  # Under `nn.scan`: return (x, None).
 
   @nn.compact
   def __call__(self, x: Array, encoded: Optional[Array], self_bias: Array, cross_bias: Array,
-               deterministic: bool, decode: bool, decode_position: Optional[Array],
-               cache_length: Optional[int]) -> Array:
+               decode_position: Optional[Array]):
     """x [B, T, E], encoded [B, L, E], self_bias [B, H, T, T], cross_bias [B, 1, T, L]."""
-    cfg = self.config
+    cfg, deterministic, decode = self.config, self.deterministic, self.decode
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name=name)
     attention = lambda name: layers.Attention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate,
                                               **_dtypes(cfg), name=name)
     y = norm('pre_self_attention_layer_norm')(x)
     y = attention('self_attention')(y, y, self_bias, decode=decode,
-                                    decode_position=decode_position, cache_length=cache_length,
+                                    decode_position=decode_position,
+                                    cache_length=self.cache_length,
                                     deterministic=deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = norm('pre_cross_attention_layer_norm')(x)
@@ -106,7 +127,51 @@ class DecoderLayer(nn.Module):
     y = layers.MLP(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, **_dtypes(cfg),
                    name='mlp')(y, deterministic)
     x = x + dropout(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return (x, None) if self.scanned else x
+
+
+def run_layers(layer_cls, config: T5Config, num_layers: int, x: Array, *args, **attributes):
+  """Applies `num_layers` layers (`layers_0`, ...) or one scanned `layers` stack to x;
+  `args` are the same for every layer. Wraps each layer in remat as configured."""
+  policy = REMAT_POLICIES[config.remat_policy]
+  if config.remat_policy != 'none':
+    layer_cls = nn.remat(layer_cls, policy=policy)
+  if not config.scan_layers:
+    for i in range(num_layers):
+      x = layer_cls(config, **attributes, name=f'layers_{i}')(x, *args)
+    return x
+  scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 0},
+                    split_rngs={'params': True, 'dropout': True},
+                    in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                    metadata_params={nn.PARTITION_NAME: 'layers'})
+  return scanned(config, **attributes, scanned=True, name='layers')(x, *args)[0]
+
+
+def stack_layers(params, config: T5Config):
+  """Unscanned params (`encoder/layers_0/...`) -> the `scan_layers` layout
+  (`encoder/layers/...`, each leaf with a leading [num_layers] axis)."""
+  stacked = dict(params)
+  for stack, num_layers in (('encoder', config.num_encoder_layers),
+                            ('decoder', config.num_decoder_layers)):
+    tree = dict(params[stack])
+    per_layer = [tree.pop(f'layers_{i}') for i in range(num_layers)]
+    tree['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    stacked[stack] = tree
+  return stacked
+
+
+def unstack_layers(params, config: T5Config):
+  """The inverse of `stack_layers`."""
+  unstacked = dict(params)
+  for stack, num_layers in (('encoder', config.num_encoder_layers),
+                            ('decoder', config.num_decoder_layers)):
+    tree = dict(params[stack])
+    layers_tree = tree.pop('layers')
+    for i in range(num_layers):
+      tree[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], layers_tree)
+    unstacked[stack] = tree
+  return unstacked
 
 
 class Encoder(nn.Module):
@@ -133,8 +198,8 @@ class Encoder(nn.Module):
                                        bidirectional=True, **_dtypes(cfg), name='relpos_bias')(
                                            np.arange(length), length)
     bias = layers.attention_bias(mask, mask) + bias
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, bias, deterministic)
+    x = run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, x, bias,
+                   deterministic=deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name='encoder_norm')(x)
     return dropout(x, deterministic=deterministic), mask
 
@@ -178,9 +243,9 @@ class Decoder(nn.Module):
     cross_bias = layers.attention_bias(target_mask, encoder_mask)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     x = dropout(self.embedder(tokens), deterministic=deterministic)
-    for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, name=f'layers_{i}')(x, encoded, self_bias, cross_bias, deterministic,
-                                                decode, decode_position, max_decode_length)
+    x = run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, x, encoded, self_bias, cross_bias,
+                   decode_position, deterministic=deterministic, decode=decode,
+                   cache_length=max_decode_length)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, **_dtypes(cfg), name='decoder_norm')(x)
     x = dropout(x, deterministic=deterministic)
     if cfg.logits_via_embedding:

@@ -25,6 +25,7 @@ LOGICAL_AXIS_RULES = (
     ('length', None),
     ('relpos_buckets', None),
     ('prompt', None),
+    ('layers', None),  # The stacked axis of `scan_layers` parameters.
 )
 
 

@@ -133,6 +133,18 @@ def test_hf_state_dict_round_trip_is_exact(make_hf_t5):
     jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
+def test_hf_weights_load_into_the_scanned_layout(make_hf_t5):
+  hf_model, cfg, params = make_hf_t5()
+  scanned_cfg = network.T5Config(**{**cfg.__dict__, 'scan_layers': True})
+  state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+  scanned = hf_convert.from_hf(state, scanned_cfg)
+  assert scanned['encoder']['layers']['mlp']['wo']['kernel'].shape[0] == cfg.num_encoder_layers
+  jax.tree.map(np.testing.assert_array_equal, network.unstack_layers(scanned, cfg), params)
+  back = hf_convert.to_hf(scanned, scanned_cfg)
+  for key, value in state.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
 def test_hf_state_dict_missing_weights_is_a_clear_error(make_hf_t5):
   hf_model, cfg, _ = make_hf_t5()
   state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()

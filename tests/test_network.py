@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_batch
+from prompt_tuning import models
 from prompt_tuning import network
 
 CONFIG = network.T5Config(vocab_size=64, emb_dim=32, num_heads=4, num_encoder_layers=2,
@@ -126,3 +127,40 @@ def test_config_rejects_bad_dimensions():
     network.T5Config(emb_dim=0)
   with pytest.raises(ValueError, match='mlp_activations'):
     network.T5Config(mlp_activations=('swish',))
+
+
+def _variant(**changes):
+  return network.Transformer(network.T5Config(**{**CONFIG.__dict__, **changes}),
+                             prompt_length=PROMPT_LENGTH)
+
+
+def test_scanned_layers_compute_the_same_as_unrolled_ones(prompted):
+  module, params = prompted
+  batch = make_batch([5, 2], [4, 3])
+  scanned = _variant(scan_layers=True)
+  stacked = network.stack_layers(params, CONFIG)
+  shapes = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), batch['encoder_input_tokens'],
+                          batch['decoder_input_tokens'])['params']
+  assert jax.tree.map(jnp.shape, nn.meta.unbox(shapes)) == jax.tree.map(jnp.shape, stacked)
+  kernel = shapes['encoder']['layers']['attention']['query']['kernel']
+  assert kernel.names == ('layers', 'embed', 'joined_kv')
+  np.testing.assert_allclose(_logits(scanned, stacked, batch), _logits(module, params, batch),
+                             rtol=1e-5, atol=1e-5)
+  model = models.EncoderDecoderModel(module)
+  scanned_model = models.EncoderDecoderModel(scanned)
+  np.testing.assert_array_equal(scanned_model.predict_batch(stacked, batch)[0],
+                                model.predict_batch(params, batch)[0])
+
+
+def test_remat_changes_memory_not_results(prompted):
+  module, params = prompted
+  batch = make_batch([5, 2], [4, 3])
+  grads = {}
+  for policy in ('none', 'full', 'minimal'):
+    model = models.EncoderDecoderModel(_variant(remat_policy=policy))
+    grads[policy] = jax.jit(jax.grad(lambda p, m=model: m.loss_fn(p, batch)[0]))(params)
+  for policy in ('full', 'minimal'):
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+                 grads[policy], grads['none'])
+  with pytest.raises(ValueError, match="remat_policy='some'"):
+    network.T5Config(remat_policy='some')
