@@ -93,10 +93,15 @@ def _final_state(model_dir, step):
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
+  """Also after a save that was cut short: the resume starts from the last complete step."""
   _parse(tmp_path / 'straight', 'TRAIN_STEPS = 6')
   train.train()
   _parse(tmp_path / 'resumed', 'TRAIN_STEPS = 3')
   train.train()
+  # A run killed while saving step 5 leaves only orbax's temporary folder behind.
+  partial = tmp_path / 'resumed' / 'checkpoints' / '5.orbax-checkpoint-tmp-1795950000'
+  (partial / 'state').mkdir(parents=True)
+  (partial / 'state' / 'manifest.ocdbt').write_bytes(b'\x00' * 10)
   _parse(tmp_path / 'resumed', 'TRAIN_STEPS = 6')
   train.train()
   straight, resumed = (_final_state(tmp_path / name, 6) for name in ('straight', 'resumed'))
