@@ -32,7 +32,8 @@ def import_task_modules(modules: str | Sequence[str]) -> None:
   """Imports the module(s) that register seqio tasks (MIXTURE_OR_TASK_MODULE)."""
   for module in [modules] if isinstance(modules, str) else modules:
     try:
-      importlib.import_module(module)
+      with gin.unlock_config():  # A task module may register gin configurables.
+        importlib.import_module(module)
     except ImportError as e:
       raise ValueError(f'cannot import task module {module!r} ({e}); check '
                        'MIXTURE_OR_TASK_MODULE and PYTHONPATH.') from None

@@ -2,7 +2,7 @@ r"""Evaluates a run's newest checkpoint (or its initial prompt) on a seqio task.
 
     python -m prompt_tuning.evaluate \
       --gin_file=models/t5_1_1_base.gin --gin_file=prompts/uniform.gin \
-      --gin_file=runs/prompt_eval.gin \
+      --gin_file=runs/prompt_finetune.gin --gin_file=runs/prompt_eval.gin \
       --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'my_task'"
 
 Prints the metrics and writes them to MODEL_DIR/eval/metrics_<step>.json and TensorBoard.
@@ -36,7 +36,7 @@ def evaluate(setup: runs.RunSetup = gin.REQUIRED,
   step = int(run.state.step)
   metrics = evaluator.evaluate(run.state.trainable, run.frozen, step)
   report = progress.Progress(setup.model_dir, step, step, eval_data.batch_size)
-  report.eval_metrics(step, metrics, setup.model_dir)
+  report.eval_metrics(step, metrics)
   report.close()
   with open(os.path.join(setup.model_dir, 'eval', f'metrics_{step}.json'), 'w') as f:
     json.dump(metrics, f, indent=1)

@@ -54,7 +54,8 @@ def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
           search_paths: Sequence[str] = ()) -> None:
-  """Parses the files in order, then the `X=value` bindings, and finalizes the config."""
+  """Parses the files in order, then the `X=value` bindings, and finalizes the config
+  (which checks that every `%gin.REQUIRED` macro was set)."""
   gin.clear_config()
   for directory in (*search_paths, GIN_DIR):
     gin.add_config_file_search_path(directory)

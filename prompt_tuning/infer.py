@@ -2,7 +2,7 @@ r"""Writes a run's predictions on a seqio split as JSON lines.
 
     python -m prompt_tuning.infer \
       --gin_file=models/t5_1_1_base.gin --gin_file=prompts/uniform.gin \
-      --gin_file=runs/prompt_infer.gin \
+      --gin_file=runs/prompt_finetune.gin --gin_file=runs/prompt_infer.gin \
       --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'my_task'"
 
 Each line of MODEL_DIR/inference/<task>-<split>-<step>.jsonl is

@@ -1,29 +1,43 @@
-"""Visible progress: a bar on a terminal, log lines otherwise, TensorBoard scalars always."""
+"""Visible progress: a bar on a terminal, log lines otherwise, TensorBoard scalars always,
+and a PNG learning curve at the end."""
 
 import os
 import sys
 import time
 from typing import Mapping, Optional
 
+import matplotlib
 import tensorboardX
 import tqdm
 
+matplotlib.use('Agg')
+from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 class Progress:
-  """Reports training steps; only the primary process writes anything."""
+  """Reports a run's steps and evaluations; only the primary process writes anything."""
 
   def __init__(self, model_dir: str, start_step: int, total_steps: int, batch_size: int,
                is_primary: bool = True, log_every: int = 50):
+    self.model_dir = model_dir
     self.is_primary = is_primary
     self.batch_size = batch_size
     self.total_steps = total_steps
     self.log_every = log_every
-    self.writer = tensorboardX.SummaryWriter(os.path.join(model_dir, 'train')) if is_primary else None
-    self.eval_writer = None
+    self.writers = {}
+    self.losses: list[tuple[int, float]] = []
+    self.evals: list[tuple[int, Mapping[str, float]]] = []
     self.bar = None
     if is_primary and sys.stderr.isatty():
       self.bar = tqdm.tqdm(initial=start_step, total=total_steps, unit='step', dynamic_ncols=True)
     self.last_step, self.last_time = start_step, time.time()
+
+  def _write(self, kind: str, step: int, scalars: Mapping[str, float]) -> None:
+    """TensorBoard scalars under MODEL_DIR/{train,eval}."""
+    if kind not in self.writers:
+      self.writers[kind] = tensorboardX.SummaryWriter(os.path.join(self.model_dir, kind))
+    for name, value in scalars.items():
+      self.writers[kind].add_scalar(name, value, step)
 
   def train_step(self, step: int, metrics: Mapping[str, float]) -> None:
     """Call after `step` with that step's metrics (host floats)."""
@@ -32,10 +46,9 @@ class Progress:
     now = time.time()
     steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.last_step, self.last_time = step, now
-    scalars = {**metrics, 'steps_per_s': steps_per_s,
-               'examples_per_s': steps_per_s * self.batch_size}
-    for name, value in scalars.items():
-      self.writer.add_scalar(name, value, step)
+    self.losses.append((step, metrics['loss']))
+    self._write('train', step, {**metrics, 'steps_per_s': steps_per_s,
+                                'examples_per_s': steps_per_s * self.batch_size})
     if self.bar:
       self.bar.set_postfix(loss=f'{metrics["loss"]:.4f}', refresh=False)
       self.bar.update(step - self.bar.n)
@@ -43,22 +56,35 @@ class Progress:
       print(f'step {step}/{self.total_steps}  loss {metrics["loss"]:.4f}  '
             f'{steps_per_s:.2f} steps/s', flush=True)
 
-  def eval_metrics(self, step: int, metrics: Mapping[str, float], model_dir: str) -> None:
+  def eval_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.is_primary:
       return
-    self.eval_writer = self.eval_writer or tensorboardX.SummaryWriter(
-        os.path.join(model_dir, 'eval'))
-    for name, value in metrics.items():
-      self.eval_writer.add_scalar(name, value, step)
-    self.eval_writer.flush()
+    self.evals.append((step, dict(metrics)))
+    self._write('eval', step, metrics)
+    self.writers['eval'].flush()
     message = '  '.join(f'{k} {v:.4f}' for k, v in sorted(metrics.items()))
-    (self.bar.write if self.bar else print)(f'eval at step {step}: {message}')
+    if self.bar:
+      self.bar.write(f'eval at step {step}: {message}')
+    else:
+      print(f'eval at step {step}: {message}', flush=True)
 
-  def close(self, summary: Optional[str] = None) -> None:
+  def plot(self, path: str) -> None:
+    """Training loss and every eval metric against the step, as a PNG."""
+    names = sorted({name for _, metrics in self.evals for name in metrics})
+    figure, axes = pyplot.subplots(1, 1 + len(names), figsize=(5 * (1 + len(names)), 3.5),
+                                   squeeze=False)
+    axes[0, 0].plot(*zip(*self.losses) if self.losses else ([], []))
+    axes[0, 0].set(title='training loss', xlabel='step')
+    for axis, name in zip(axes[0, 1:], names):
+      points = [(step, metrics[name]) for step, metrics in self.evals if name in metrics]
+      axis.plot(*zip(*points), marker='o')
+      axis.set(title=name, xlabel='step')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+  def close(self) -> None:
     if self.bar:
       self.bar.close()
-    for writer in (self.writer, self.eval_writer):
-      if writer:
-        writer.close()
-    if summary and self.is_primary:
-      print(summary)
+    for writer in self.writers.values():
+      writer.close()

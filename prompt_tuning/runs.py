@@ -15,6 +15,7 @@ import optax
 
 from prompt_tuning import checkpoints
 from prompt_tuning import data
+from prompt_tuning import initial_checkpoint
 from prompt_tuning import models
 from prompt_tuning import partitioning
 from prompt_tuning import trainer
@@ -68,7 +69,7 @@ def load_model_params(model: models.EncoderDecoderModel, mesh, shapes,
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           jax.eval_shape(model.init, rng, shapes), shardings)
   prompt = abstract['encoder'].pop('prompt', None)
-  params = checkpoints.load_params(initial_checkpoint_path, abstract)
+  params = initial_checkpoint.load_params(initial_checkpoint_path, abstract)
   if prompt is not None:
     embeddings = params['token_embedder']['embedding']
     init = jax.jit(lambda key: model.module.prompt_initializer(

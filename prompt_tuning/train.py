@@ -56,7 +56,7 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
 
   def run_eval():
     metrics = evaluator.evaluate(run.state.trainable, run.frozen, int(run.state.step))
-    report.eval_metrics(int(run.state.step), metrics, setup.model_dir)
+    report.eval_metrics(int(run.state.step), metrics)
     return metrics
 
   eval_metrics = run_eval() if evaluator and start_step == 0 else {}
@@ -76,24 +76,49 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
               'trainable_shapes': checkpoints.trainable_shapes(run.state.trainable)}
       run.checkpoints.save(run.state, meta, eval_metrics if evaluate_now else None)
   run.checkpoints.close()
+  report.close()
   if is_primary:
-    export(setup.model_dir, run)
-  unchanged = checkpoints.fingerprint(run.frozen) == run.frozen_record['fingerprint']
-  report.close(f'trained steps {start_step}→{int(run.state.step)} in '
-               f'{time.time() - started:.0f}s; frozen fingerprint '
-               f'{run.frozen_record["fingerprint"]} {"unchanged" if unchanged else "CHANGED"}; '
-               f'outputs in {setup.model_dir}')
+    exported = export(setup.model_dir, run)
+    report.plot(os.path.join(setup.model_dir, 'learning_curve.png'))
+    print(summary(setup.model_dir, exported, run, report, start_step, time.time() - started))
   return eval_metrics
 
 
-def export(model_dir: str, run: runs.PreparedRun) -> None:
-  """`prompt.npy` for a prompt; `params/` (our format) when model weights were trained."""
+def summary(model_dir: str, exported: list[str], run: runs.PreparedRun,
+            report: progress.Progress, start_step: int, seconds: float) -> str:
+  """What the run did, in a few lines: steps, metrics before and after, parameter counts,
+  whether the frozen weights are unchanged, and where the outputs are."""
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  trainable, frozen = count(run.state.trainable), count(run.frozen)
+  unchanged = checkpoints.fingerprint(run.frozen) == run.frozen_record['fingerprint']
+  lines = [f'done: steps {start_step} → {int(run.state.step)} in {seconds:.0f} s '
+           '(including compilation)']
+  if report.evals:
+    (first_step, first), (last_step, last) = report.evals[0], report.evals[-1]
+    lines += [f'{name}: {first[name]:.1f} (step {first_step}) → {last[name]:.1f} '
+              f'(step {last_step})' for name in sorted(last)]
+  lines += [f'trainable parameters: {trainable:,}; frozen: {frozen:,} '
+            f'({100 * trainable / (trainable + frozen):.4f}% trained)',
+            f'frozen weights fingerprint {run.frozen_record["fingerprint"]}: '
+            f'{"unchanged" if unchanged else "CHANGED"}',
+            f'outputs in {model_dir}: checkpoints/, {", ".join(exported)}, learning_curve.png; '
+            f'TensorBoard: tensorboard --logdir {model_dir}']
+  return '\n'.join(lines)
+
+
+def export(model_dir: str, run: runs.PreparedRun) -> list[str]:
+  """Writes `prompt.npy` for a prompt and `params/` (our format) when model weights were
+  trained; returns the names written."""
   trained = checkpoints.trainable_shapes(run.state.trainable)
+  exported = []
   if 'encoder/prompt/prompt' in trained:
     checkpoints.export_prompt(run.state.trainable, os.path.join(model_dir, 'prompt.npy'))
+    exported.append('prompt.npy')
   if any(not path.startswith('encoder/prompt/') for path in trained):
     checkpoints.save_params(os.path.join(model_dir, 'params'),
                             trainer.merge_params(run.state.trainable, run.frozen))
+    exported.append('params/')
+  return exported
 
 
 def main(argv):

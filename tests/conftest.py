@@ -1,5 +1,6 @@
 """Shared test helpers: the Hugging Face reference model, small batches, 8 CPU devices."""
 
+import importlib
 import os
 
 # Eight simulated CPU devices for sharding tests; set before JAX starts.
@@ -13,16 +14,18 @@ import pytest
 
 
 
-def _import_torch_side():
-  """torch + transformers; a skip locally, a failure in CI (CI=true) when missing."""
+def _import_torch_side(*extra):
+  """torch + transformers (+ `extra` modules of the hf extra, e.g. 'peft'); a skip locally,
+  a failure in CI (CI=true) when missing."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
+    extra_modules = [importlib.import_module(name) for name in extra]
   except ImportError as e:
     if os.environ.get('CI') == 'true':
       pytest.fail(f'CI must run the Hugging Face parity tests; install the hf extra ({e}).')
     pytest.skip(f'Hugging Face parity needs the hf extra: {e}')
-  return torch, transformers
+  return (torch, transformers, *extra_modules)
 
 
 @pytest.fixture(scope='session')
@@ -47,6 +50,12 @@ def make_hf_t5():
     return model, cfg, hf_convert.from_hf(state, cfg)
 
   return make
+
+
+@pytest.fixture(scope='session')
+def peft():
+  """The `peft` library (hf extra), with the same skip / CI failure as torch."""
+  return _import_torch_side('peft')[2]
 
 
 def make_batch(encoder_lengths, target_lengths, vocab_size=64, encoder_len=None,

@@ -18,10 +18,13 @@ COMMON = ['--gin_file=models/t5_1_1_tiny.gin', '--gin_file=prompts/class_labels.
 
 
 def _run(module, run_file, *args, check=True):
+  """`python -m prompt_tuning.<module>` on runs/prompt_finetune.gin plus `run_file`."""
   from paths import VOCAB_PATH  # pylint: disable=g-import-not-at-top
   env = {**os.environ, 'PYTHONPATH': TESTS, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  run_files = ['runs/prompt_finetune.gin'] + ([f'runs/{run_file}'] if run_file else [])
   command = [sys.executable, '-m', f'prompt_tuning.{module}', *COMMON,
-             f'--gin_file=runs/{run_file}', f"--gin.VOCABULARY_PATH='{VOCAB_PATH}'", *args]
+             *[f'--gin_file={name}' for name in run_files],
+             f"--gin.VOCABULARY_PATH='{VOCAB_PATH}'", *args]
   result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
@@ -31,7 +34,7 @@ def _run(module, run_file, *args, check=True):
 @pytest.fixture(scope='module')
 def trained_run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('run')
-  result = _run('train', 'prompt_finetune.gin', f"--gin.MODEL_DIR='{model_dir}'",
+  result = _run('train', None, f"--gin.MODEL_DIR='{model_dir}'",
                 '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=2',
                 "--gin.BEST_METRIC='tiny_sentiment/accuracy'")
   return model_dir, result.stdout
@@ -48,7 +51,9 @@ def test_train_writes_checkpoints_logs_config_and_metrics(trained_run):
   assert np.load(model_dir / 'prompt.npy').shape == (4, 32)
   for step in (0, 2, 4):
     assert f'eval at step {step}: tiny_sentiment/accuracy' in stdout
-  assert 'frozen fingerprint' in stdout and 'unchanged' in stdout
+  assert 'tiny_sentiment/accuracy: ' in stdout
+  assert 'frozen weights fingerprint' in stdout and ': unchanged' in stdout
+  assert (model_dir / 'learning_curve.png').stat().st_size > 1000
 
 
 def test_evaluate_and_infer_read_the_trained_run(trained_run):
@@ -72,7 +77,7 @@ def test_evaluate_and_infer_read_the_trained_run(trained_run):
      "error: unknown task or mixture 'nope'"),
 ])
 def test_bad_input_is_one_line_and_a_failing_exit(tmp_path, args, message):
-  result = _run('train', 'prompt_finetune.gin', *[a.format(tmp=tmp_path) for a in args],
+  result = _run('train', None, *[a.format(tmp=tmp_path) for a in args],
                 check=False)
   assert result.returncode == 1
   last_line = result.stderr.strip().splitlines()[-1]

@@ -83,8 +83,9 @@ def _clear_gin():
 @pytest.mark.parametrize('run_file', sorted(os.listdir(os.path.join(gin_config.GIN_DIR, 'runs'))))
 def test_run_gin_files_parse_and_build(run_file):
   from prompt_tuning import runs  # pylint: disable=g-import-not-at-top
-  gin_config.parse(['models/t5_1_1_tiny.gin', 'prompts/uniform.gin', f'runs/{run_file}'],
-                   ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'unused'"])
+  layers = [] if run_file == 'prompt_finetune.gin' else [f'runs/{run_file}']
+  gin_config.parse(['models/t5_1_1_tiny.gin', 'prompts/uniform.gin', 'runs/prompt_finetune.gin',
+                    *layers], ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'unused'"])
   setup = runs.RunSetup()
   tunes_model = run_file == 'model_finetune.gin'
   assert list(setup.trainable_parameters) == (['.*'] if tunes_model else ['encoder/prompt/.*'])

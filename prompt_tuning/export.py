@@ -1,0 +1,103 @@
+r"""Writes what a run trained in the formats other tools read, and imports PEFT prompts.
+
+    # The prompt of MODEL_DIR's newest checkpoint (or --step) as a PEFT adapter directory;
+    # --format=npy writes a [P, emb_dim] float32 .npy file instead:
+    python -m prompt_tuning.export --model_dir=/tmp/run --format=peft \
+      --output=/tmp/run/peft_adapter --base_model=google/t5-base-lm-adapt
+
+    # Model weights as a Hugging Face directory: MODEL_DIR/params of a model-tuning run, or
+    # --checkpoint=any INITIAL_CHECKPOINT_PATH (ours, T5X, HF); the gin file gives the model:
+    python -m prompt_tuning.export --format=hf --gin_file=models/t5_1_1_small.gin \
+      --model_dir=/tmp/model_run --output=/tmp/hf_model
+
+    # A PEFT prompt-tuning adapter trained elsewhere -> .npy (for prompts/from_file.gin):
+    python -m prompt_tuning.export --peft_adapter=/path/to/adapter --output=/tmp/prompt.npy
+"""
+
+import os
+from typing import Optional
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import gin_config
+from prompt_tuning import hf_checkpoint
+from prompt_tuning import initial_checkpoint
+from prompt_tuning import models
+from prompt_tuning import prompt_formats
+from prompt_tuning import t5x_checkpoint
+
+_MODEL_DIR = flags.DEFINE_string('model_dir', None, 'The run (MODEL_DIR) to export from.')
+_FORMAT = flags.DEFINE_enum('format', 'npy', ['npy', 'peft', 'hf'],
+                            'npy or peft: the prompt; hf: the model weights.')
+_OUTPUT = flags.DEFINE_string('output', None, 'The .npy file, or the peft / hf directory.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of the prompt; default: newest.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None,
+                                  'hf: the weights to convert; default MODEL_DIR/params.')
+_BASE_MODEL = flags.DEFINE_string('base_model', None,
+                                  'peft: the base_model_name_or_path to record.')
+_PEFT_ADAPTER = flags.DEFINE_string('peft_adapter', None,
+                                    'Import this PEFT prompt-tuning adapter as --output .npy.')
+
+
+def run_prompt(model_dir: str, step: Optional[int] = None) -> np.ndarray:
+  """The prompt [P, E] at `step` (default: the newest) of MODEL_DIR/checkpoints."""
+  directory = os.path.join(model_dir, 'checkpoints')
+  steps = sorted(int(name) for name in os.listdir(directory)
+                 if name.isdigit()) if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(f'MODEL_DIR {model_dir} has no checkpoints/<step>/ to export.')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f'MODEL_DIR {model_dir} has no checkpoint at step {step}; it has {steps}.')
+  item = os.path.join(directory, str(step), 'state')
+  trainable = t5x_checkpoint.orbax_tree(item)['trainable']
+  if 'prompt' not in trainable.get('encoder', {}):
+    raise ValueError(f'MODEL_DIR {model_dir} trained no prompt (a model-tuning run?); export its '
+                     'weights with --format=hf.')
+  return t5x_checkpoint.restore_orbax(item, 'trainable')['encoder']['prompt']['prompt']
+
+
+def export_hf(checkpoint: str, output: str) -> None:
+  """The gin model's weights read from `checkpoint` (any kind) on one device, written in HF
+  layout."""
+  model = models.build_model()
+  shapes = {name: jax.ShapeDtypeStruct((1, 1), jnp.int32) for name in
+            ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(model.init, jax.random.PRNGKey(0), shapes))
+  abstract['encoder'].pop('prompt', None)  # Frozen weights only.
+  params = initial_checkpoint.load_params(checkpoint, abstract)
+  hf_checkpoint.save(output, params, model.module.config)
+
+
+def _model_dir() -> str:
+  if not _MODEL_DIR.value:
+    raise ValueError('pass --model_dir=MODEL_DIR (or --peft_adapter=... to import a prompt).')
+  return _MODEL_DIR.value
+
+
+def main(argv):
+  del argv
+  output = _OUTPUT.value
+  if not output:
+    raise ValueError('pass --output=...: the .npy file, or the directory for peft and hf.')
+  if _PEFT_ADAPTER.value:
+    np.save(output, prompt_formats.load_peft(_PEFT_ADAPTER.value))
+  elif _FORMAT.value == 'hf':
+    if not flags.FLAGS.gin_file:
+      raise ValueError('--format=hf needs the model: --gin_file=models/t5_1_1_<size>.gin.')
+    gin_config.parse_flags()
+    export_hf(_CHECKPOINT.value or os.path.join(_model_dir(), 'params'), output)
+  elif _FORMAT.value == 'peft':
+    prompt_formats.save_peft(output, run_prompt(_model_dir(), _STEP.value), _BASE_MODEL.value)
+  else:
+    np.save(output, np.asarray(run_prompt(_model_dir(), _STEP.value), np.float32))
+  print(f'wrote {output}')
+
+
+if __name__ == '__main__':
+  gin_config.run(main)
