@@ -1,15 +1,18 @@
-"""seqio evaluation: decoding (`predict_fn`) and rank scoring (`score_fn`) on a mesh."""
+"""seqio evaluation on a mesh: decoding (`predict_fn`), scoring (`score_fn`), and rank
+classification of tasks with registered label words (`labels.register_labels`)."""
 
 import dataclasses
 import functools
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import gin
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from prompt_tuning import data
+from prompt_tuning import labels
 from prompt_tuning import models
 from prompt_tuning import trainer
 
@@ -36,8 +39,14 @@ def _batches(dataset, batch_size: int) -> Iterator[tuple[np.ndarray, dict, int]]
     yield indices, {k: pad(v) for k, v in features.items()}, real
 
 
+def pretokenized_text(example: Mapping[str, Any], feature: str) -> str:
+  """An example's text of `feature` before tokenisation ('' if seqio did not keep it)."""
+  return example.get(f'{feature}_pretokenized', b'').decode()
+
+
 class Evaluator:
-  """Runs a `seqio.Evaluator` with jitted decoding and scoring of `trainable + frozen`."""
+  """Runs a `seqio.Evaluator` with jitted decoding and scoring of `trainable + frozen`, and
+  rank-classifies every task with registered label words (metrics `task/rank_<metric>`)."""
 
   def __init__(self, config: EvalConfig, model: models.EncoderDecoderModel,
                batch_sharding: Any):
@@ -67,19 +76,68 @@ class Evaluator:
     all_metrics, _ = self.evaluator.evaluate(
         compute_metrics=True, step=step, predict_fn=lambda ds: run(self._predict, ds),
         score_fn=lambda ds: run(self._score, ds))
-    return {f'{task}/{name}': float(value) for task, metrics in all_metrics.result().items()
-            for name, value in metrics.items()}
+    results = {f'{task}/{name}': float(value) for task, metrics in all_metrics.result().items()
+               for name, value in metrics.items()}
+    for task in self.evaluator.eval_tasks:
+      if labels.labels_of(task.name):
+        results.update(self._rank_metrics(task, trainable, frozen))
+    return results
+
+  def _label_features(self, task: seqio.Task, words: Sequence[str]) -> dict[str, np.ndarray]:
+    """Decoder features of each label word, [L, T]: its tokens (+ EOS), zero-padded."""
+    length = self.config.task_feature_lengths['targets']
+    feature = task.output_features['targets']
+    targets = np.zeros((len(words), length), np.int32)
+    for row, word in enumerate(words):
+      ids = list(feature.vocabulary.encode(word)) + [feature.vocabulary.eos_id] * feature.add_eos
+      if len(ids) > length:
+        raise ValueError(f'label {word!r} of task {task.name!r} is {len(ids)} tokens but '
+                         f"TASK_FEATURE_LENGTHS['targets'] is {length}; raise it.")
+      targets[row, :len(ids)] = ids
+    return {'decoder_target_tokens': targets,
+            'decoder_input_tokens': np.pad(targets, [(0, 0), (1, 0)])[:, :-1],
+            'decoder_loss_weights': (targets > 0).astype(np.int32)}
+
+  def rank_predictions(self, task: seqio.Task, trainable: Params, frozen: Params) -> list[str]:
+    """The label word with the highest `score_batch` for each example of `task`, in order."""
+    label_words = labels.labels_of(task.name)
+    label_features = self._label_features(task, label_words)
+
+    def pair_with_labels(index, features):  # One example -> one row per label word.
+      inputs = tf.repeat(features['encoder_input_tokens'][None], len(label_words), axis=0)
+      return tf.data.Dataset.from_tensor_slices(
+          (tf.fill([len(label_words)], index),
+           {'encoder_input_tokens': inputs, **label_features}))
+
+    pairs = self.evaluator.cached_model_datasets[task.name].flat_map(pair_with_labels)
+    scores = np.array([score for _, score in self._run(self._score, pairs, trainable, frozen)])
+    return [label_words[i] for i in scores.reshape(-1, len(label_words)).argmax(axis=1)]
+
+  def _examples(self, task: seqio.Task) -> list[dict]:
+    """The task's preprocessed eval examples, in evaluation order."""
+    return list(self.evaluator.cached_task_datasets[task.name].as_numpy_iterator())
+
+  def _rank_metrics(self, task: seqio.Task, trainable: Params,
+                    frozen: Params) -> dict[str, float]:
+    """The task's metrics on rank-classified predictions, as {'task/rank_metric': value}."""
+    examples = self._examples(task)
+    targets = [task.postprocess_fn(pretokenized_text(example, 'targets'), example=example,
+                                   is_target=True) for example in examples]
+    predictions = [task.postprocess_fn(word, example=example, is_target=False)
+                   for word, example in zip(self.rank_predictions(task, trainable, frozen),
+                                            examples)]
+    return {f'{task.name}/rank_{name}': float(value) for metric_fn in task.predict_metric_fns
+            for name, value in metric_fn(targets, predictions).items()}
 
   def predictions(self, trainable: Params, frozen: Params) -> Iterator[dict]:
     """Decoded predictions of every example, as {'inputs', 'targets', 'prediction'} texts."""
     for task in self.evaluator.eval_tasks:
       vocab = task.output_features['targets'].vocabulary
       dataset = self.evaluator.cached_model_datasets[task.name]
-      examples = list(self.evaluator.cached_task_datasets[task.name].as_numpy_iterator())
+      examples = self._examples(task)
       for index, tokens in sorted(self._run(self._predict, dataset, trainable, frozen)):
         example = examples[index]
-        yield {'task': task.name,
-               'inputs': example.get('inputs_pretokenized', b'').decode(),
-               'targets': example.get('targets_pretokenized', b'').decode(),
+        yield {'task': task.name, 'inputs': pretokenized_text(example, 'inputs'),
+               'targets': pretokenized_text(example, 'targets'),
                'prediction': vocab.decode(tokens)}
 

@@ -68,9 +68,13 @@ def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
               multiply_by_parameter_scale: bool = False) -> optax.GradientTransformation:
   """The paper's optimiser: Adafactor, constant LR 0.3, decay 0.8, weight decay 1e-5,
   no parameter scaling. Any optax optimiser can be bound in gin instead."""
-  return optax.adafactor(learning_rate, decay_rate=decay_rate,
-                         weight_decay_rate=weight_decay_rate,
-                         multiply_by_parameter_scale=multiply_by_parameter_scale)
+  def with_learning_rate(learning_rate):
+    return optax.adafactor(learning_rate, decay_rate=decay_rate,
+                           weight_decay_rate=weight_decay_rate,
+                           multiply_by_parameter_scale=multiply_by_parameter_scale)
+
+  # inject_hyperparams keeps the learning rate in the optimiser state, for the metrics.
+  return optax.inject_hyperparams(with_learning_rate)(learning_rate)
 
 
 def train_step(model: models.EncoderDecoderModel, optimizer: optax.GradientTransformation,
@@ -85,6 +89,8 @@ def train_step(model: models.EncoderDecoderModel, optimizer: optax.GradientTrans
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
   metrics['grad_norm'] = optax.tree_utils.tree_norm(grads)
+  if isinstance(opt_state, optax.InjectStatefulHyperparamsState):
+    metrics['learning_rate'] = opt_state.hyperparams['learning_rate']
   return TrainState(state.step + 1, trainable, opt_state, rng), metrics
 
 

@@ -13,6 +13,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import demo_model
+from prompt_tuning import labels
 from tasks import metrics
 from tasks import preprocessors
 from tasks import synthetic_reviews
@@ -42,6 +43,7 @@ def _register():
       source=seqio.FunctionDataSource(_sentiment_source, splits=list(SPLITS)),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       output_features=features, metric_fns=[metrics.accuracy])
+  labels.register_labels('demo_sentiment', synthetic_reviews.LABELS)
   for name, objective in (('demo_span_corruption', preprocessors.span_corruption),
                           ('demo_prefix_lm', preprocessors.prefix_lm)):
     seqio.TaskRegistry.add(

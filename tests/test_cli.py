@@ -44,7 +44,11 @@ def test_train_writes_checkpoints_logs_config_and_metrics(trained_run):
   model_dir, stdout = trained_run
   assert sorted(os.listdir(model_dir / 'checkpoints')) == ['2', '4']
   assert len(os.listdir(model_dir / 'best')) == 1
-  assert glob.glob(str(model_dir / 'train' / 'events.out.tfevents.*'))
+  events = glob.glob(str(model_dir / 'train' / 'events.out.tfevents.*'))
+  assert events
+  scalars = open(events[0], 'rb').read()
+  for name in (b'loss', b'accuracy', b'learning_rate', b'steps_per_s', b'examples_per_s'):
+    assert name in scalars, name
   assert glob.glob(str(model_dir / 'eval' / 'events.out.tfevents.*'))
   assert "MODEL_DIR = '" in (model_dir / 'config.gin').read_text()
   assert 'RunSetup' in (model_dir / 'operative_config.gin').read_text()

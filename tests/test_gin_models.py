@@ -51,7 +51,8 @@ PROMPT_BINDINGS = {
     'uniform.gin': [],
     'sampled_vocab.gin': [],
     'class_labels.gin': ["CLASS_LABELS = ['negative', 'positive']",
-                         f"VOCABULARY_PATH = '{VOCAB_PATH}'"],
+                         f"VOCABULARY_PATH = '{VOCAB_PATH}'", "MIXTURE_OR_TASK_NAME = 'unused'",
+                         'MIXTURE_OR_TASK_MODULE = []'],
     'text.gin': ["PROMPT_TEXT = 'Is this review positive?'", f"VOCABULARY_PATH = '{VOCAB_PATH}'"],
     'from_file.gin': ["PROMPT_FILE = '{tmp}/prompt.npy'"],
 }
