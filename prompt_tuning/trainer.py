@@ -17,6 +17,7 @@ import optax
 from flax import traverse_util
 
 from prompt_tuning import models
+from prompt_tuning import partitioning
 
 Params = Any
 PROMPT_ONLY = (r'encoder/prompt/.*',)
@@ -94,24 +95,14 @@ def train_step(model: models.EncoderDecoderModel, optimizer: optax.GradientTrans
   return TrainState(state.step + 1, trainable, opt_state, rng), metrics
 
 
-def eval_step(model: models.EncoderDecoderModel, trainable: Params, frozen: Params,
-              batch) -> dict:
-  """Loss and accuracy without dropout."""
-  return model.loss_fn(merge_params(trainable, frozen), batch)[1]
-
-
 class Trainer:
-  """Jits the steps once for a mesh, with explicit shardings and donation of the state."""
+  """Jits the train step once for a mesh, with explicit shardings and donation of the state."""
 
   def __init__(self, model: models.EncoderDecoderModel, optimizer: optax.GradientTransformation,
                state_shardings: Any, frozen_shardings: Any, batch_sharding: Any):
-    self.state_shardings = state_shardings
     self.train_step = jax.jit(functools.partial(train_step, model, optimizer),
                               in_shardings=(state_shardings, frozen_shardings, batch_sharding),
                               out_shardings=(state_shardings, None), donate_argnums=(0,))
-    self.eval_step = jax.jit(functools.partial(eval_step, model),
-                             in_shardings=(state_shardings.trainable, frozen_shardings,
-                                           batch_sharding))
 
 
 def init_state(trainable: Params, optimizer: optax.GradientTransformation, seed: int,
@@ -119,7 +110,7 @@ def init_state(trainable: Params, optimizer: optax.GradientTransformation, seed:
   """A step-0 state on `mesh`. XLA lays the optimiser slots out like their parameters;
   slots that do not depend on them (counts) are replicated."""
   trainable = jax.device_put(trainable, trainable_shardings)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  replicated = partitioning.replicated(mesh)
   on_mesh = lambda x: x if x.sharding.device_set == set(mesh.devices.flat) else jax.device_put(
       x, replicated)
   opt_state = jax.tree.map(on_mesh, jax.jit(optimizer.init)(trainable))
