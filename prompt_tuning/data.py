@@ -58,21 +58,34 @@ def feature_converter(pack: bool = False) -> seqio.EncDecFeatureConverter:
   return seqio.EncDecFeatureConverter(pack=pack)
 
 
+def _sources_shard(task: seqio.Task | seqio.Mixture, split: str, num_shards: int) -> bool:
+  """Whether every source can hand each host its own shard (enough files, or TFDS)."""
+  tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]
+  return all(t.source.supports_arbitrary_sharding or len(t.source.list_shards(split)) >= num_shards
+             for t in tasks)
+
+
 def host_batches(config: DataConfig, shard_index: int, num_shards: int,
                  start_step: int = 0, num_epochs: Optional[int] = None) -> Iterator[HostBatch]:
   """This host's share of each global batch, from batch `start_step` on.
 
-  The order depends only on `config` (seed included), so batch k is the same whether a run
-  reaches it directly or resumes at it.
+  The order depends only on `config` (seed included) and the number of hosts, so batch k
+  is the same whether a run reaches it directly or resumes at it. Each host reads only
+  its seqio shard (`ShardInfo`: files or TFDS shards); a source that cannot be split that
+  way (a `FunctionDataSource`, fewer files than hosts) is read whole by every host in the
+  same seeded order, and each keeps every `num_shards`-th example.
   """
-  get_task(config.mixture_or_task_name)
+  task = get_task(config.mixture_or_task_name)
   if config.batch_size % num_shards:
     raise ValueError(f'BATCH_SIZE={config.batch_size} is not divisible by the {num_shards} '
                      'hosts; use a multiple.')
+  at_source = num_shards == 1 or _sources_shard(task, config.split, num_shards)
   dataset = seqio.get_dataset(
       config.mixture_or_task_name, config.task_feature_lengths, dataset_split=config.split,
       shuffle=config.shuffle, num_epochs=num_epochs, seed=config.seed,
-      shard_info=seqio.ShardInfo(shard_index, num_shards), use_cached=config.use_cached,
-      feature_converter=feature_converter(config.pack))
+      shard_info=seqio.ShardInfo(shard_index, num_shards) if at_source else None,
+      use_cached=config.use_cached, feature_converter=feature_converter(config.pack))
+  if not at_source:
+    dataset = dataset.shard(num_shards, shard_index)
   dataset = dataset.batch(config.batch_size // num_shards, drop_remainder=True)
   return dataset.skip(start_step).as_numpy_iterator()

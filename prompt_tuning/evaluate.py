@@ -9,9 +9,9 @@ Prints the metrics and writes them to MODEL_DIR/eval/metrics_<step>.json and Ten
 """
 
 import json
-import os
 
 import gin
+import jax
 
 from prompt_tuning import checkpoints
 from prompt_tuning import evaluation
@@ -35,11 +35,14 @@ def evaluate(setup: runs.RunSetup = gin.REQUIRED,
   run, evaluator = prepare_for_eval(setup, eval_data)
   step = int(run.state.step)
   metrics = evaluator.evaluate(run.state.trainable, run.frozen, step)
-  report = progress.Progress(setup.model_dir, step, step, eval_data.batch_size)
+  is_primary = jax.process_index() == 0
+  report = progress.Progress(setup.model_dir, step, step, eval_data.batch_size, is_primary)
   report.eval_metrics(step, metrics)
   report.close()
-  with open(os.path.join(setup.model_dir, 'eval', f'metrics_{step}.json'), 'w') as f:
-    json.dump(metrics, f, indent=1)
+  if is_primary:
+    directory = checkpoints.as_path(setup.model_dir) / 'eval'
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f'metrics_{step}.json').write_text(json.dumps(metrics, indent=1))
   return metrics
 
 
@@ -51,4 +54,4 @@ def main(argv):
 
 if __name__ == '__main__':
   from prompt_tuning import evaluate as evaluate_lib  # The module gin configures.
-  gin_config.run(evaluate_lib.main)
+  gin_config.run(evaluate_lib.main, multihost=True)

@@ -14,6 +14,7 @@ import tensorflow as tf
 from prompt_tuning import data
 from prompt_tuning import labels
 from prompt_tuning import models
+from prompt_tuning import partitioning
 from prompt_tuning import trainer
 
 Params = Any
@@ -46,7 +47,12 @@ def pretokenized_text(example: Mapping[str, Any], feature: str) -> str:
 
 class Evaluator:
   """Runs a `seqio.Evaluator` with jitted decoding and scoring of `trainable + frozen`, and
-  rank-classifies every task with registered label words (metrics `task/rank_<metric>`)."""
+  rank-classifies every task with registered label words (metrics `task/rank_<metric>`).
+
+  With several processes, each reads the whole eval split and feeds the same batches (the
+  devices of all hosts share each one); outputs are replicated, so every host computes the
+  same metrics and process 0 reports them.
+  """
 
   def __init__(self, config: EvalConfig, model: models.EncoderDecoderModel,
                batch_sharding: Any):
@@ -59,8 +65,11 @@ class Evaluator:
     self.batch_sharding = batch_sharding
     merged = lambda fn: lambda trainable, frozen, batch: fn(
         trainer.merge_params(trainable, frozen), batch)
-    self._predict = jax.jit(merged(lambda params, batch: model.predict_batch(params, batch)[0]))
-    self._score = jax.jit(merged(model.score_batch))
+    # Outputs on every device, so every process (host) reads them whole.
+    replicated = partitioning.replicated(batch_sharding.mesh)
+    self._predict = jax.jit(merged(lambda params, batch: model.predict_batch(params, batch)[0]),
+                            out_shardings=replicated)
+    self._score = jax.jit(merged(model.score_batch), out_shardings=replicated)
 
   def _run(self, fn, dataset, trainable, frozen):
     outputs = []

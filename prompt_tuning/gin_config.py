@@ -1,4 +1,5 @@
-"""Gin files and flags, t5x style: `--gin_file`, `--gin.X=...`, `--gin_search_paths`.
+"""Gin files and flags, t5x style: `--gin_file`, `--gin.X=...`, `--gin_search_paths`,
+`--tfds_data_dir`.
 
 The repository's `gin/` folder is always searched last, so `models/t5_1_1_base.gin`
 works from any directory. Entry points call `run(main)` and then `parse_flags()`.
@@ -15,11 +16,17 @@ from absl import flags
 from absl import logging
 import gin
 
+from prompt_tuning import distributed
+from prompt_tuning import preemption
+
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin files to parse, in order.')
 _GIN_BINDINGS = flags.DEFINE_multi_string(
     'gin_bindings', [], 'Gin bindings, applied after the files; `--gin.X=V` is short for '
     '`--gin_bindings="X = V"`.')
 _GIN_SEARCH_PATHS = flags.DEFINE_list('gin_search_paths', [], 'Folders holding gin files.')
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    'tfds_data_dir', None, "Where TFDS-backed tasks read their prepared data (t5x's flag); "
+    'overrides TFDS_DATA_DIR.')
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 MODELS_DIR = os.path.join(GIN_DIR, 'models')
@@ -80,15 +87,22 @@ def rewrite_gin_args(args: Sequence[str]) -> list[str]:
   return [rewrite(arg) for arg in args]
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run` that understands `--gin.X=V` flags and turns bad input (a ValueError,
-  a missing file, a gin error) into one line on stderr and exit status 1."""
+def run(main: Callable[[Sequence[str]], None], multihost: bool = False) -> None:
+  """`app.run` that understands `--gin.X=V` flags, first joins the other hosts when
+  `multihost` (see `distributed`), and turns bad input (a ValueError, a missing file, a gin
+  error) into one line on stderr and exit status 1; a preempted run exits with
+  `preemption.EXIT_STATUS` and its one-line message."""
 
   def main_with_clear_errors(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # Quiet library INFO logs (orbax, seqio).
     try:
+      if multihost:
+        distributed.initialize_from_flags()
       main(argv)
+    except preemption.Preempted as e:
+      sys.stderr.write(str(e).splitlines()[0] + '\n')  # Without gin's "In call to ..." line.
+      sys.exit(preemption.EXIT_STATUS)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
       logging.debug('%s', traceback.format_exc())  # Shown with --verbosity=1.
       message = ' '.join(str(e).split())
@@ -97,6 +111,15 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
   app.run(main_with_clear_errors, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
 
 
+def apply_tfds_data_dir() -> None:
+  """Points TFDS-backed tasks at `--tfds_data_dir` (seqio's override), when given."""
+  if _TFDS_DATA_DIR.value:
+    import seqio  # pylint: disable=g-import-not-at-top  # Only here: it loads TensorFlow.
+    seqio.set_tfds_data_dir_override(_TFDS_DATA_DIR.value)
+
+
 def parse_flags() -> None:
-  """Parses the gin files and bindings given on the command line."""
+  """Applies `--tfds_data_dir`, then parses the gin files and bindings given on the
+  command line."""
+  apply_tfds_data_dir()
   parse(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)

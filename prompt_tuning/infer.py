@@ -10,10 +10,11 @@ Each line of MODEL_DIR/inference/<task>-<split>-<step>.jsonl is
 """
 
 import json
-import os
 
 import gin
+import jax
 
+from prompt_tuning import checkpoints
 from prompt_tuning import evaluation
 from prompt_tuning import evaluate
 from prompt_tuning import gin_config
@@ -25,15 +26,15 @@ def infer(setup: runs.RunSetup = gin.REQUIRED,
           eval_data: evaluation.EvalConfig = gin.REQUIRED) -> str:
   """Returns the path of the JSONL file written."""
   run, evaluator = evaluate.prepare_for_eval(setup, eval_data)
-  directory = os.path.join(setup.model_dir, 'inference')
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f'{eval_data.mixture_or_task_name}-{eval_data.split}-'
-                                 f'{int(run.state.step)}.jsonl')
-  with open(path, 'w') as f:
-    for record in evaluator.predictions(run.state.trainable, run.frozen):
-      f.write(json.dumps(record) + '\n')
-  print(f'wrote {path}')
-  return path
+  directory = checkpoints.as_path(setup.model_dir) / 'inference'
+  path = directory / (f'{eval_data.mixture_or_task_name}-{eval_data.split}-'
+                      f'{int(run.state.step)}.jsonl')
+  records = list(evaluator.predictions(run.state.trainable, run.frozen))  # Every process.
+  if jax.process_index() == 0:
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(json.dumps(record) + '\n' for record in records))
+    print(f'wrote {path}')
+  return str(path)
 
 
 def main(argv):
@@ -44,4 +45,4 @@ def main(argv):
 
 if __name__ == '__main__':
   from prompt_tuning import infer as infer_lib  # The module gin configures.
-  gin_config.run(infer_lib.main)
+  gin_config.run(infer_lib.main, multihost=True)

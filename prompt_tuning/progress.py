@@ -4,14 +4,20 @@ and a PNG learning curve at the end."""
 import os
 import sys
 import time
-from typing import Mapping, Optional
+from typing import Mapping
 
 import matplotlib
-import tensorboardX
+import tensorflow as tf
 import tqdm
+from etils import epath
 
 matplotlib.use('Agg')
 from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# What TensorBoard's scalar dashboard reads (as `tf.summary.scalar` writes, without needing
+# the tensorboard package).
+_SCALAR = tf.compat.v1.SummaryMetadata(
+    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='scalars'))
 
 
 class Progress:
@@ -33,11 +39,12 @@ class Progress:
     self.last_step, self.last_time = start_step, time.time()
 
   def _write(self, kind: str, step: int, scalars: Mapping[str, float]) -> None:
-    """TensorBoard scalars under MODEL_DIR/{train,eval}."""
+    """TensorBoard scalars under MODEL_DIR/{train,eval} (tf.summary: local or gs://)."""
     if kind not in self.writers:
-      self.writers[kind] = tensorboardX.SummaryWriter(os.path.join(self.model_dir, kind))
-    for name, value in scalars.items():
-      self.writers[kind].add_scalar(name, value, step)
+      self.writers[kind] = tf.summary.create_file_writer(os.path.join(self.model_dir, kind))
+    with self.writers[kind].as_default(step=step):
+      for name, value in scalars.items():
+        tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR)
 
   def train_step(self, step: int, metrics: Mapping[str, float]) -> None:
     """Call after `step` with that step's metrics (host floats)."""
@@ -68,7 +75,7 @@ class Progress:
     else:
       print(f'eval at step {step}: {message}', flush=True)
 
-  def plot(self, path: str) -> None:
+  def plot(self, path: epath.Path) -> None:
     """Training loss and every eval metric against the step, as a PNG."""
     names = sorted({name for _, metrics in self.evals for name in metrics})
     figure, axes = pyplot.subplots(1, 1 + len(names), figsize=(5 * (1 + len(names)), 3.5),
@@ -80,7 +87,8 @@ class Progress:
       axis.plot(*zip(*points), marker='o')
       axis.set(title=name, xlabel='step')
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with path.open('wb') as f:
+      figure.savefig(f, format='png', dpi=100)
     pyplot.close(figure)
 
   def close(self) -> None:

@@ -5,7 +5,6 @@ placed, possibly resumed `PreparedRun`.
 """
 
 import dataclasses
-import os
 from typing import Any, Optional, Sequence
 
 import gin
@@ -83,7 +82,7 @@ def prepare(setup: RunSetup, shapes, checkpoint_config: checkpoints.CheckpointCo
             mesh: Optional[jax.sharding.Mesh] = None) -> PreparedRun:
   """Loads the weights, splits them, and resumes from MODEL_DIR's newest checkpoint."""
   data.import_task_modules(setup.task_modules)
-  os.makedirs(setup.model_dir, exist_ok=True)
+  checkpoints.as_path(setup.model_dir).mkdir(parents=True, exist_ok=True)
   mesh = mesh or partitioning.create_mesh()
   params, shardings = load_model_params(setup.model, mesh, shapes,
                                         setup.initial_checkpoint_path, setup.seed)

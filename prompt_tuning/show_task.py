@@ -7,10 +7,9 @@ For each example: every feature's text (before tokenisation) and token ids (afte
 task's preprocessors, EOS included), then the task's label words if it has any.
 """
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from absl import flags
-import seqio
 
 from prompt_tuning import data
 from prompt_tuning import evaluation
@@ -20,16 +19,12 @@ from prompt_tuning import labels
 _MODULE = flags.DEFINE_multi_string('module', [], 'Module(s) that register the task.')
 _SPLIT = flags.DEFINE_string('split', 'validation', 'The split to read.')
 _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 3, 'How many examples to print.')
-_TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None,
-                                     'Where TFDS-backed tasks find their data.')
 
 
 def describe(task_name: str, split: str = 'validation', num_examples: int = 3,
-             modules: Sequence[str] = (), tfds_data_dir: Optional[str] = None) -> str:
+             modules: Sequence[str] = ()) -> str:
   """The first `num_examples` preprocessed examples of `split`, as text and token ids."""
   data.import_task_modules(modules)
-  if tfds_data_dir:
-    seqio.set_tfds_data_dir_override(tfds_data_dir)
   task = data.get_task(task_name)
   if split not in task.splits:
     raise ValueError(f'task {task_name!r} has no split {split!r}; choose one of '
@@ -51,9 +46,9 @@ def describe(task_name: str, split: str = 'validation', num_examples: int = 3,
 def main(argv):
   if len(argv) != 2:
     raise ValueError('usage: python -m prompt_tuning.show_task TASK_NAME [--module=my_tasks] '
-                     '[--split=validation] [--num_examples=3]')
-  print(describe(argv[1], _SPLIT.value, _NUM_EXAMPLES.value, _MODULE.value,
-                 _TFDS_DATA_DIR.value))
+                     '[--split=validation] [--num_examples=3] [--tfds_data_dir=DIR]')
+  gin_config.apply_tfds_data_dir()
+  print(describe(argv[1], _SPLIT.value, _NUM_EXAMPLES.value, _MODULE.value))
 
 
 if __name__ == '__main__':

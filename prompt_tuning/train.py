@@ -23,6 +23,7 @@ from prompt_tuning import data
 from prompt_tuning import evaluation
 from prompt_tuning import gin_config
 from prompt_tuning import partitioning
+from prompt_tuning import preemption
 from prompt_tuning import progress
 from prompt_tuning import runs
 from prompt_tuning import trainer
@@ -40,19 +41,37 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
   data.import_task_modules(setup.task_modules)
   data.get_task(train_data.mixture_or_task_name)
   data.check_packing(train_data, setup.model.module.prompt_length)
-  os.makedirs(setup.model_dir, exist_ok=True)
-  is_primary = jax.process_index() == 0
-  if is_primary:
-    with open(os.path.join(setup.model_dir, 'config.gin'), 'w') as f:
-      f.write(gin.config_str())
-  run = runs.prepare(setup, runs.batch_shapes(train_data.task_feature_lengths,
-                                              train_data.batch_size), checkpoint, mesh)
+  checkpoints.as_path(setup.model_dir).mkdir(parents=True, exist_ok=True)
+  with preemption.PreemptionWatch() as watch:  # From here on, SIGTERM means: save, then stop.
+    write_primary(setup.model_dir, 'config.gin', gin.config_str())
+    run = runs.prepare(setup, runs.batch_shapes(train_data.task_feature_lengths,
+                                                train_data.batch_size), checkpoint, mesh)
+    start_step = int(run.state.step)
+    evaluator = eval_data and evaluation.Evaluator(eval_data, setup.model,
+                                                   partitioning.batch_sharding(run.mesh))
+    report = progress.Progress(setup.model_dir, start_step, train_steps, train_data.batch_size,
+                               jax.process_index() == 0)
+    try:
+      eval_metrics = train_loop(setup.model_dir, run, train_steps, train_data, evaluator,
+                                checkpoint, report, watch)
+    finally:
+      run.checkpoints.close()
+      report.close()
+  exported = export(setup.model_dir, run)
+  if jax.process_index() == 0:
+    report.plot(checkpoints.as_path(setup.model_dir) / 'learning_curve.png')
+    print(summary(setup.model_dir, exported, run, report, start_step, time.time() - started))
+  return eval_metrics
+
+
+def train_loop(model_dir: str, run: runs.PreparedRun, train_steps: int,
+               train_data: data.DataConfig, evaluator: Optional[evaluation.Evaluator],
+               checkpoint: checkpoints.CheckpointConfig, report: progress.Progress,
+               watch: preemption.PreemptionWatch) -> dict[str, float]:
+  """Steps from the state's step to `train_steps`, evaluating and saving on schedule;
+  returns the last eval metrics. Saves and raises `Preempted` once `watch` says so."""
   start_step = int(run.state.step)
-  evaluator = eval_data and evaluation.Evaluator(eval_data, setup.model,
-                                                 partitioning.batch_sharding(run.mesh))
   batches = data.host_batches(train_data, jax.process_index(), jax.process_count(), start_step)
-  report = progress.Progress(setup.model_dir, start_step, train_steps, train_data.batch_size,
-                             is_primary)
 
   def run_eval():
     metrics = evaluator.evaluate(run.state.trainable, run.frozen, int(run.state.step))
@@ -64,24 +83,33 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     batch = partitioning.host_batch_to_global(run.mesh, next(batches))
     run.state, metrics = run.steps.train_step(run.state, run.frozen, batch)
     report.train_step(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
-    if step == start_step + 1 and is_primary:
-      with open(os.path.join(setup.model_dir, 'operative_config.gin'), 'w') as f:
-        f.write(gin.operative_config_str())
+    if step == start_step + 1:
+      write_primary(model_dir, 'operative_config.gin', gin.operative_config_str())
     last = step == train_steps
-    evaluate_now = evaluator and (last or (eval_data.period and step % eval_data.period == 0))
+    evaluate_now = evaluator and (last or (evaluator.config.period and
+                                           step % evaluator.config.period == 0))
     if evaluate_now:
       eval_metrics = run_eval()
-    if last or step % checkpoint.period == 0:
-      meta = {'step': step, 'data_position': step, 'frozen': run.frozen_record,
-              'trainable_shapes': checkpoints.trainable_shapes(run.state.trainable)}
-      run.checkpoints.save(run.state, meta, eval_metrics if evaluate_now else None)
-  run.checkpoints.close()
-  report.close()
-  if is_primary:
-    exported = export(setup.model_dir, run)
-    report.plot(os.path.join(setup.model_dir, 'learning_curve.png'))
-    print(summary(setup.model_dir, exported, run, report, start_step, time.time() - started))
+    preempted = watch.reached(step)
+    if last or step % checkpoint.period == 0 or preempted:
+      save_checkpoint(run, step, eval_metrics if evaluate_now else None)
+    if preempted:
+      raise preemption.Preempted(f'preempted (SIGTERM) at step {step}: checkpoint saved in '
+                                 f'{model_dir}; run the same command again to resume.')
   return eval_metrics
+
+
+def write_primary(model_dir: str, name: str, text: str) -> None:
+  """Writes MODEL_DIR/name on process 0 only."""
+  if jax.process_index() == 0:
+    (checkpoints.as_path(model_dir) / name).write_text(text)
+
+
+def save_checkpoint(run: runs.PreparedRun, step: int, eval_metrics: Optional[dict]) -> None:
+  """Saves the state after `step` (every process takes part; orbax coordinates)."""
+  meta = {'step': step, 'data_position': step, 'frozen': run.frozen_record,
+          'trainable_shapes': checkpoints.trainable_shapes(run.state.trainable)}
+  run.checkpoints.save(run.state, meta, eval_metrics)
 
 
 def summary(model_dir: str, exported: list[str], run: runs.PreparedRun,
@@ -107,12 +135,13 @@ def summary(model_dir: str, exported: list[str], run: runs.PreparedRun,
 
 
 def export(model_dir: str, run: runs.PreparedRun) -> list[str]:
-  """Writes `prompt.npy` for a prompt and `params/` (our format) when model weights were
-  trained; returns the names written."""
+  """Writes `prompt.npy` for a prompt (process 0) and `params/` (our format, every process
+  writes its shards) when model weights were trained; returns the names written."""
   trained = checkpoints.trainable_shapes(run.state.trainable)
   exported = []
   if 'encoder/prompt/prompt' in trained:
-    checkpoints.export_prompt(run.state.trainable, os.path.join(model_dir, 'prompt.npy'))
+    if jax.process_index() == 0:
+      checkpoints.export_prompt(run.state.trainable, os.path.join(model_dir, 'prompt.npy'))
     exported.append('prompt.npy')
   if any(not path.startswith('encoder/prompt/') for path in trained):
     checkpoints.save_params(os.path.join(model_dir, 'params'),
@@ -129,4 +158,4 @@ def main(argv):
 
 if __name__ == '__main__':
   from prompt_tuning import train as train_lib  # The module gin files configure, not __main__.
-  gin_config.run(train_lib.main)
+  gin_config.run(train_lib.main, multihost=True)

@@ -7,8 +7,6 @@
 The vocabulary is the demo model's own SentencePiece model, shipped in the package.
 """
 
-import functools
-
 import seqio
 import tensorflow as tf
 

@@ -9,16 +9,19 @@ import numpy as np
 import scipy.stats
 
 
-def accuracy(targets: Sequence, predictions: Sequence) -> dict[str, float]:
-  """Percentage of predictions equal to their target (as T5 reports accuracy)."""
+def _check_lengths(targets: Sequence, predictions: Sequence) -> None:
   if len(targets) != len(predictions):
     raise ValueError(f'{len(targets)} targets but {len(predictions)} predictions.')
+
+
+def accuracy(targets: Sequence, predictions: Sequence) -> dict[str, float]:
+  """Percentage of predictions equal to their target (as T5 reports accuracy)."""
+  _check_lengths(targets, predictions)
   return {'accuracy': 100.0 * sum(t == p for t, p in zip(targets, predictions)) / len(targets)}
 
 
 def _pair(targets: Sequence, predictions: Sequence) -> tuple[np.ndarray, np.ndarray]:
-  if len(targets) != len(predictions):
-    raise ValueError(f'{len(targets)} targets but {len(predictions)} predictions.')
+  _check_lengths(targets, predictions)
   return np.asarray(targets), np.asarray(predictions)
 
 
@@ -75,18 +78,41 @@ def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]) ->
   return {'spearman_corrcoef': 100.0 * float(scipy.stats.spearmanr(targets, predictions)[0])}
 
 
-def multirc_f1(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[str, float]:
-  """MultiRC's F1a: binary F1 (x100) over all answer options (postprocessors.multirc)."""
-  return f1([t['value'] for t in targets], [p['value'] for p in predictions])
+def on_values(metric_fn):
+  """`metric_fn` on the 'value' of each target and prediction: the dicts that
+  `postprocessors.grouped_label` makes."""
+
+  def fn(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[str, float]:
+    return metric_fn([t['value'] for t in targets], [p['value'] for p in predictions])
+
+  return fn
+
+
+multirc_f1 = on_values(f1)  # MultiRC's F1a: binary F1 over all answer options.
+
+
+def _by_group(targets: Sequence[dict], predictions: Sequence[dict]) -> list[list[tuple]]:
+  """(target value, prediction value) pairs, one list per target 'group', in order."""
+  _check_lengths(targets, predictions)
+  groups = collections.defaultdict(list)
+  for target, prediction in zip(targets, predictions):
+    groups[target['group']].append((target['value'], prediction['value']))
+  return list(groups.values())
 
 
 def multirc_exact_match(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[str, float]:
   """MultiRC's EM: the percentage of questions whose answer options are all right."""
-  _pair(targets, predictions)
-  questions = collections.defaultdict(list)
-  for target, prediction in zip(targets, predictions):
-    questions[target['group']].append(target['value'] == prediction['value'])
-  return {'exact_match': 100.0 * float(np.mean([all(right) for right in questions.values()]))}
+  questions = _by_group(targets, predictions)
+  return {'exact_match': 100.0 * float(np.mean([all(t == p for t, p in question)
+                                                for question in questions]))}
+
+
+def gender_parity(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[str, float]:
+  """AX-g's gender parity (x100): the percentage of minimal pairs (the targets' 'group')
+  whose examples got the same prediction, right or wrong."""
+  pairs = _by_group(targets, predictions)
+  return {'gender_parity': 100.0 * float(np.mean([len({p for _, p in pair}) == 1
+                                                  for pair in pairs]))}
 
 
 def _normalize_answer(text: str) -> list[str]:
@@ -103,16 +129,24 @@ def _token_f1(prediction: list[str], answer: list[str]) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def record_exact_match_and_f1(targets: Sequence[dict], predictions: Sequence[str]) -> dict:
-  """ReCoRD's EM and token F1 (x100), each the best over the query's answers, averaged over
-  queries: the copies of a query (one per answer, postprocessors.record) count once."""
-  _pair(targets, predictions)
-  queries = {}
-  for target, prediction in zip(targets, predictions):
-    queries.setdefault(target['group'], (target['answers'], prediction))
+def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+  """SQuAD's exact match and token F1 (x100), each prediction against the best of its
+  example's answers (`postprocessors.answers`), after SQuAD's answer normalisation."""
+  _check_lengths(targets, predictions)
   exact, token_f1 = [], []
-  for answers, prediction in queries.values():
+  for answers, prediction in zip(targets, predictions):
     words = _normalize_answer(prediction)
     exact.append(max((words == _normalize_answer(a) for a in answers), default=False))
     token_f1.append(max((_token_f1(words, _normalize_answer(a)) for a in answers), default=0.0))
   return {'exact_match': 100.0 * float(np.mean(exact)), 'f1': 100.0 * float(np.mean(token_f1))}
+
+
+def record_exact_match_and_f1(targets: Sequence[dict], predictions: Sequence[str]) -> dict:
+  """ReCoRD's EM and token F1 (x100), each the best over the query's answers, averaged over
+  queries: the copies of a query (one per answer, postprocessors.record) count once."""
+  _check_lengths(targets, predictions)
+  queries = {}
+  for target, prediction in zip(targets, predictions):
+    queries.setdefault(target['group'], (target['answers'], prediction))
+  return squad([answers for answers, _ in queries.values()],
+               [prediction for _, prediction in queries.values()])

@@ -1,9 +1,9 @@
-"""seqio postprocessors `fn(text, example=None, is_target=False)` for GLUE and SuperGLUE.
+"""seqio postprocessors `fn(text, example=None, is_target=False)` for the paper's tasks.
 
 Predictions and targets both pass through them before the metrics see them.
 """
 
-from typing import Optional, Sequence
+from typing import Callable, Hashable, Optional, Sequence
 
 
 def _text(value) -> str:
@@ -31,13 +31,32 @@ def to_float(text, example=None, is_target=False) -> float:
     return -1.0
 
 
-def multirc(text, example: Optional[dict] = None, is_target: bool = False) -> dict:
-  """MultiRC: {'value': 0 / 1 / -1}, plus the answer's question for targets (the grouping
-  of the exact-match metric): {'group': (paragraph index, question index)}."""
-  result = {'value': label_to_id(['False', 'True'])(text)}
-  if is_target:
-    result['group'] = (int(example['idx/paragraph']), int(example['idx/question']))
-  return result
+def grouped_label(label_names: Sequence[str], group_of: Callable[[dict], Hashable]):
+  """A postprocessor: {'value': label index (or -1)}, plus for targets the example's group
+  {'group': group_of(example)}, for metrics over groups of examples (metrics.on_values)."""
+  to_id = label_to_id(label_names)
+
+  def fn(text, example: Optional[dict] = None, is_target: bool = False) -> dict:
+    result = {'value': to_id(text)}
+    if is_target:
+      result['group'] = group_of(example)
+    return result
+
+  return fn
+
+
+# MultiRC: grouped by question (the grouping of its exact-match metric).
+multirc = grouped_label(('False', 'True'),
+                        lambda example: (int(example['idx/paragraph']),
+                                         int(example['idx/question'])))
+
+
+def answers(text, example: Optional[dict] = None, is_target: bool = False):
+  """Question answering (MRQA): a prediction stays text; a target becomes the list of all
+  the example's answers (its `answers` feature), any of which counts as right."""
+  if not is_target:
+    return _text(text)
+  return [_text(answer) for answer in example['answers']]
 
 
 def record(text, example: Optional[dict] = None, is_target: bool = False):
@@ -45,5 +64,5 @@ def record(text, example: Optional[dict] = None, is_target: bool = False):
   'group': (passage index, query index)}, since each answer is a separate example."""
   if not is_target:
     return _text(text)
-  return {'answers': [_text(answer) for answer in example['answers']],
+  return {'answers': answers(text, example, is_target),
           'group': (int(example['idx/passage']), int(example['idx/query']))}

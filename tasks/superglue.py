@@ -11,7 +11,9 @@ sentence2, word); the diagnostics AX-b and AX-g (test split only) are cast as RT
 the noun phrase with * and the pronoun with # and asks True / False; ReCoRD makes one example
 per answer, and its metric counts each query once. Metrics (x100): CB mean 3-class F1 and
 accuracy; MultiRC F1 over all answers and exact match per question; ReCoRD exact match and
-token F1 (best answer); AX-b Matthews correlation; the rest accuracy.
+token F1 (best answer); AX-b Matthews correlation; AX-g accuracy and gender parity (the
+percentage of minimal pairs, examples 2k and 2k+1 that differ only in the pronoun's gender,
+whose predictions agree); the rest accuracy.
 
 Mixtures `super_glue_v102` and `super_glue_v102_taskless`: the eight training tasks (WSC as
 wsc.fixed), sampled in proportion to their training examples, each rate capped at
@@ -51,8 +53,13 @@ TASKS = {
             BINARY, (metrics.accuracy,), SPLITS),
     'axb': ('rte', (('hypothesis', 'sentence2'), ('premise', 'sentence1')), ENTAILMENT,
             (metrics.matthews_corrcoef,), ('test',)),
-    'axg': ('rte', NLI, ENTAILMENT, (metrics.accuracy,), ('test',)),
+    'axg': ('rte', NLI, ENTAILMENT, (metrics.on_values(metrics.accuracy), metrics.gender_parity),
+            ('test',)),
 }
+# AX-g's minimal pairs: examples 2k and 2k+1 (TFDS drops AX-g's pair_id; each pair is
+# consecutive).
+AXG_POSTPROCESSOR = postprocessors.grouped_label(ENTAILMENT,
+                                                 lambda example: int(example['idx']) // 2)
 MULTIRC_FIELDS = (('question', 'question'), ('answer', 'answer'), ('paragraph', 'paragraph'))
 
 
@@ -70,14 +77,16 @@ def task_names() -> list[str]:
 def _register(taskless: bool):
   prefix = lambda name: None if taskless else name
   for config, (task, fields, labels, metric_fns, splits) in TASKS.items():
+    postprocess_fn = (AXG_POSTPROCESSOR if config == 'axg' else
+                      postprocessors.label_to_id(labels))
     tfds_tasks.add_task(
         task_name(config, taskless), f'super_glue/{config}:{VERSION}', splits,
-        text_formats.labelled_fields(prefix(task), fields, labels),
-        postprocessors.label_to_id(labels), metric_fns, labels)
+        text_formats.labelled_fields(prefix(task), fields, labels), postprocess_fn,
+        metric_fns, labels)
   tfds_tasks.add_task(
       task_name('multirc', taskless), f'super_glue/multirc:{VERSION}', SPLITS,
       text_formats.labelled_fields(prefix('multirc'), MULTIRC_FIELDS, BINARY, strip_html=True),
-      postprocessors.multirc, (metrics.multirc_f1, metrics.multirc_exact_match))
+      postprocessors.multirc, (metrics.multirc_f1, metrics.multirc_exact_match), BINARY)
   tfds_tasks.add_task(
       task_name('record', taskless), f'super_glue/record:{VERSION}', SPLITS,
       text_formats.record(prefix('record')), postprocessors.record,
@@ -86,7 +95,7 @@ def _register(taskless: bool):
     tfds_tasks.add_task(
         task_name(config, taskless), f'super_glue/{config}:{VERSION}', SPLITS,
         text_formats.wsc(prefix('wsc')), postprocessors.label_to_id(BINARY),
-        (metrics.accuracy,))
+        (metrics.accuracy,), BINARY)
   seqio.MixtureRegistry.add(
       'super_glue_v102' + (tfds_tasks.TASKLESS_SUFFIX if taskless else ''),
       [(task_name(config, taskless), min(count, MIXING_RATE_CAP))

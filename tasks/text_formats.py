@@ -1,4 +1,5 @@
-"""T5's text-to-text formats of GLUE and SuperGLUE examples, as seqio preprocessors.
+"""T5's text-to-text formats of GLUE, SuperGLUE and SQuAD (MRQA) examples, as seqio
+preprocessors.
 
 Each maker takes the task prefix (e.g. 'rte'; None for the taskless variant) and returns a
 preprocessor `tf.data.Dataset -> tf.data.Dataset` that writes `inputs` and `targets` strings
@@ -112,3 +113,12 @@ def record(prefix: Optional[str]):
         **{key: repeat(value) for key, value in _index(example).items()}})
 
   return lambda dataset: dataset.flat_map(one_per_answer)
+
+
+@seqio.map_over_dataset
+def squad(example):
+  """'question: <question> context: <context>' -> the first answer, as T5 formats SQuAD;
+  keeps all `answers` for the metric (postprocessors.answers)."""
+  return {'inputs': _join(None, ['question:', example['question'], 'context:',
+                                 example['context']]),
+          'targets': example['answers'][0], 'answers': example['answers']}

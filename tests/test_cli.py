@@ -3,38 +3,17 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-COMMON = ['--gin_file=models/t5_1_1_tiny.gin', '--gin_file=prompts/class_labels.gin',
-          "--gin.MIXTURE_OR_TASK_NAME='tiny_sentiment'", "--gin.MIXTURE_OR_TASK_MODULE='tiny_task'",
-          "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", '--gin.BATCH_SIZE=8',
-          '--gin.EVAL_BATCH_SIZE=16', '--gin.PROMPT_LENGTH=4',
-          "--gin.CLASS_LABELS=['positive', 'negative']"]
-
-
-def _run(module, run_file, *args, check=True):
-  """`python -m prompt_tuning.<module>` on runs/prompt_finetune.gin plus `run_file`."""
-  from paths import VOCAB_PATH  # pylint: disable=g-import-not-at-top
-  env = {**os.environ, 'PYTHONPATH': TESTS, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
-  run_files = ['runs/prompt_finetune.gin'] + ([f'runs/{run_file}'] if run_file else [])
-  command = [sys.executable, '-m', f'prompt_tuning.{module}', *COMMON,
-             *[f'--gin_file={name}' for name in run_files],
-             f"--gin.VOCABULARY_PATH='{VOCAB_PATH}'", *args]
-  result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-  if check:
-    assert result.returncode == 0, result.stderr[-3000:]
-  return result
+import cli
 
 
 @pytest.fixture(scope='module')
 def trained_run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('run')
-  result = _run('train', None, f"--gin.MODEL_DIR='{model_dir}'",
+  result = cli.run('train', None, f"--gin.MODEL_DIR='{model_dir}'",
                 '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=2',
                 "--gin.BEST_METRIC='tiny_sentiment/accuracy'")
   return model_dir, result.stdout
@@ -63,10 +42,10 @@ def test_train_writes_checkpoints_logs_config_and_metrics(trained_run):
 def test_evaluate_and_infer_read_the_trained_run(trained_run):
   model_dir, _ = trained_run
   args = [f"--gin.MODEL_DIR='{model_dir}'"]
-  _run('evaluate', 'prompt_eval.gin', *args)
+  cli.run('evaluate', 'prompt_eval.gin', *args)
   metrics = json.loads((model_dir / 'eval' / 'metrics_4.json').read_text())
   assert set(metrics) == {'tiny_sentiment/accuracy'}
-  _run('infer', 'prompt_infer.gin', *args)
+  cli.run('infer', 'prompt_infer.gin', *args)
   lines = (model_dir / 'inference' / 'tiny_sentiment-validation-4.jsonl').read_text().splitlines()
   records = [json.loads(line) for line in lines]
   assert len(records) == 32
@@ -81,7 +60,7 @@ def test_evaluate_and_infer_read_the_trained_run(trained_run):
      "error: unknown task or mixture 'nope'"),
 ])
 def test_bad_input_is_one_line_and_a_failing_exit(tmp_path, args, message):
-  result = _run('train', None, *[a.format(tmp=tmp_path) for a in args],
+  result = cli.run('train', None, *[a.format(tmp=tmp_path) for a in args],
                 check=False)
   assert result.returncode == 1
   last_line = result.stderr.strip().splitlines()[-1]

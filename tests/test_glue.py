@@ -2,7 +2,11 @@
 the one-line error for data that is not there."""
 
 import os
+import re
 
+from absl import flags
+from absl.testing import flagsaver
+import gin
 import numpy as np
 import pytest
 import seqio
@@ -12,6 +16,7 @@ import tensorflow_datasets as tfds
 from paths import VOCAB_PATH
 
 os.environ['T5_VOCABULARY_PATH'] = VOCAB_PATH
+from prompt_tuning import gin_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tasks import glue  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tasks import postprocessors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tasks import text_formats  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -44,8 +49,7 @@ def check_batch(batch: dict) -> None:
 
 @pytest.mark.parametrize('name', glue.task_names())
 def test_every_task_makes_batches(name):
-  split = 'validation' if 'matched' in name else 'train'
-  check_batch(one_batch(name, split))
+  check_batch(one_batch(name, seqio.get_mixture_or_task(name).splits[0]))
 
 
 def test_labelled_fields_format_as_t5():
@@ -66,7 +70,8 @@ def test_every_glue_format_names_its_fields_in_t5_order():
       'cola': 'cola sentence: S1', 'sst2': 'sst2 sentence: S1',
       'mrpc': 'mrpc sentence1: S1 sentence2: S2', 'qqp': 'qqp question1: Q1 question2: Q2',
       'mnli': 'mnli hypothesis: H premise: P', 'qnli': 'qnli question: Q1 sentence: S1',
-      'rte': 'rte sentence1: S1 sentence2: S2', 'wnli': 'wnli sentence1: S1 sentence2: S2'}
+      'rte': 'rte sentence1: S1 sentence2: S2', 'wnli': 'wnli sentence1: S1 sentence2: S2',
+      'ax': 'mnli hypothesis: H premise: P'}
   example = {'sentence': 'S1', 'sentence1': 'S1', 'sentence2': 'S2', 'question': 'Q1',
              'question1': 'Q1', 'question2': 'Q2', 'hypothesis': 'H', 'premise': 'P',
              'label': 1, 'idx': 0}
@@ -102,8 +107,34 @@ def test_missing_data_is_a_one_line_error_naming_the_flag(tmp_path, monkeypatch)
   assert not list(tmp_path.iterdir())  # Nothing was downloaded or prepared.
 
 
+def test_the_tfds_data_dir_flag_overrides_tfds_data_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'from_env'))
+  monkeypatch.setattr(seqio.utils, '_TFDS_DATA_DIR_OVERRIDE', None)  # Restored afterwards.
+  with flagsaver.flagsaver():
+    flags.FLAGS(['test', f'--tfds_data_dir={tmp_path / "from_flag"}'])
+    gin_config.parse_flags()
+  gin.clear_config()  # parse_flags finalised an empty gin config.
+  source = tfds_tasks.PreparedTfdsSource('glue/ax:2.0.0', ['test'])
+  directory = re.escape(str(tmp_path / 'from_flag'))
+  with pytest.raises(tfds_tasks.MissingTfdsDataError,
+                     match=f'^TFDS dataset glue/ax:2.0.0 not found in {directory}; '):
+    source.get_dataset('test')
+
+
 def test_classification_tasks_register_their_label_words():
   from prompt_tuning import labels  # pylint: disable=g-import-not-at-top
   assert labels.labels_of('glue_rte_v2') == ('entailment', 'not_entailment')
   assert labels.labels_of('glue_mnli_v2_taskless') == ('entailment', 'neutral', 'contradiction')
   assert labels.labels_of('glue_stsb_v2') is None  # Regression: no rank classification.
+  assert labels.labels_of('glue_ax_v2') == ('entailment', 'neutral', 'contradiction')
+
+
+def test_ax_is_the_mnli_formatted_diagnostic_set_scored_by_matthews_correlation():
+  task = seqio.get_mixture_or_task('glue_ax_v2')
+  assert task.splits == ('test',)
+  assert [fn.__name__ for fn in task.predict_metric_fns] == ['matthews_corrcoef']
+  example = {'premise': 'The cat sat.', 'hypothesis': 'A cat sat.', 'label': 2, 'idx': 5}
+  prefix, fields, labels, _, _ = glue.TASKS['ax']
+  assert format_one(text_formats.labelled_fields(prefix, fields, labels), example) == [{
+      'inputs': 'mnli hypothesis: A cat sat. premise: The cat sat.',
+      'targets': 'contradiction', 'idx': 5}]

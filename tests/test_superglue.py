@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import test_glue  # First: it points T5_VOCABULARY_PATH at the test vocabulary.
+from prompt_tuning import labels
 from tasks import postprocessors
 from tasks import superglue
 from tasks import text_formats
@@ -16,6 +17,14 @@ from tasks import text_formats
 def test_every_task_makes_batches(name):
   split = 'test' if '_ax' in name else 'train'
   test_glue.check_batch(test_glue.one_batch(name, split))
+
+
+@pytest.mark.parametrize('name', superglue.task_names())
+def test_every_classification_task_has_label_words(name):
+  """Rank classification and class-label prompts need them; ReCoRD picks an entity of its
+  passage instead (no fixed label words)."""
+  words = labels.labels_of(name)
+  assert bool(words) == ('_record_' not in name), (name, words)
 
 
 @pytest.mark.parametrize('name', ['super_glue_v102', 'super_glue_v102_taskless'])
@@ -117,3 +126,20 @@ def test_record_evaluates_through_seqio_grouping_the_copies_of_each_query():
                                     score_fn=lambda dataset: [])
   assert copies > 3  # Mock queries have several answers each.
   assert results.result()['super_glue_record_v102'] == {'exact_match': 100.0, 'f1': 100.0}
+
+
+def test_axg_reports_accuracy_and_gender_parity_over_consecutive_pairs():
+  task = seqio.get_mixture_or_task('super_glue_axg_v102')
+  e, n = 'entailment', 'not_entailment'
+  # Pairs (idx 0, 1), (2, 3), (4, 5): gold e e | n n | e e; predicted e e | n e | n n.
+  examples = [{'idx': idx} for idx in range(6)]
+  targets = [task.postprocess_fn(label, example=example, is_target=True)
+             for label, example in zip([e, e, n, n, e, e], examples)]
+  predictions = [task.postprocess_fn(label, example=example)
+                 for label, example in zip([e, e, n, e, n, n], examples)]
+  assert targets[3] == {'value': 1, 'group': 1}
+  results = {}
+  for metric_fn in task.predict_metric_fns:
+    results.update(metric_fn(targets, predictions))
+  # Right: idx 0, 1, 2 -> 3/6. Pairs agreeing: (0, 1) and (4, 5), both wrong -> 2/3.
+  assert results == pytest.approx({'accuracy': 50.0, 'gender_parity': 200 / 3})

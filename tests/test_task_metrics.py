@@ -54,6 +54,18 @@ def test_multirc_groups_answers_by_question():
   assert metrics.multirc_f1(targets, predictions) == pytest.approx({'f1': 50.0})
 
 
+def test_gender_parity_counts_pairs_with_the_same_prediction():
+  # Pairs a: 0 0 (agree, right), b: 1 0 (disagree), c: -1 -1 (agree, both invalid),
+  # d: 1 1 (agree, wrong): 3 of 4 pairs agree.
+  groups = ['a', 'a', 'b', 'b', 'c', 'c', 'd', 'd']
+  predicted = [0, 0, 1, 0, -1, -1, 1, 1]
+  targets = [{'value': 0, 'group': group} for group in groups]
+  predictions = [{'value': value} for value in predicted]
+  assert metrics.gender_parity(targets, predictions) == {'gender_parity': 75.0}
+  # Accuracy on the values: right at 0, 1, 3 -> 3/8.
+  assert metrics.on_values(metrics.accuracy)(targets, predictions) == {'accuracy': 37.5}
+
+
 def test_record_scores_each_query_once_with_its_best_answer():
   example = lambda answers, passage, query: {'answers': [a.encode() for a in answers],
                                              'idx/passage': passage, 'idx/query': query}

@@ -1,0 +1,107 @@
+"""Several hosts, for real: two processes on this machine (CPU, gloo collectives, 2 devices
+each) train together and end with the prompt one process with 4 devices gets."""
+
+import os
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import cli
+import multihost_task
+from prompt_tuning import distributed
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _start(tmp_path, model_dir, num_devices, *flags):
+  env = {**cli.environment(num_devices), 'SHARDED_TASK_DIR': str(tmp_path / 'data'),
+         'SHARD_LOG': str(model_dir) + '.ids'}
+  command = cli.command(
+      'train', None, f"--gin.MODEL_DIR='{model_dir}'",
+      "--gin.MIXTURE_OR_TASK_NAME='sharded_sentiment'",
+      "--gin.MIXTURE_OR_TASK_MODULE='multihost_task'", '--gin.TRAIN_STEPS=3',
+      '--gin.EVAL_PERIOD=0', '--gin.DROPOUT_RATE=0.0', '--gin.data.DataConfig.shuffle=False',
+      '--gin.NUM_PARTITIONS=2', *flags)
+  return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env)
+
+
+def _finish(process):
+  stdout, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr[-3000:]
+  return stdout
+
+
+def _training_ids(path) -> list[int]:
+  return [int(line) for line in open(path).read().split() if not line.startswith('v')]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp('multihost')
+  (tmp_path / 'data').mkdir()
+  multihost_task.write_files(str(tmp_path / 'data'))
+  one, two = tmp_path / 'one_process', tmp_path / 'two_processes'
+  address = f'localhost:{_free_port()}'
+  single = _start(tmp_path, one, 4, '--gin.train.train.eval_data=None')  # Only its prompt.
+  hosts = [_start(tmp_path, two, 2, f'--coordinator_address={address}', '--process_count=2',
+                  f'--process_index={index}') for index in (0, 1)]
+  _finish(single)
+  return one, two, [_finish(host) for host in hosts]
+
+
+def test_two_processes_train_the_prompt_one_process_does(runs):
+  one, two, _ = runs
+  np.testing.assert_allclose(np.load(two / 'prompt.npy'), np.load(one / 'prompt.npy'),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(np.load(two / 'prompt.npy'), 0.0)
+  assert sorted(os.listdir(two / 'checkpoints')) == ['3']
+
+
+def test_each_process_reads_its_own_shard(runs):
+  one, two, _ = runs
+  first, second = (_training_ids(f'{two}.ids.{index}') for index in (0, 1))
+  batches = 3 * 4  # Steps x examples per host and batch.
+  assert all(i % 2 == 0 for i in first) and len(first) >= batches
+  assert all(i % 2 == 1 for i in second) and len(second) >= batches
+  # Together they read what one process reads first (the prompts above show the batches
+  # match); the logs may hold a few more examples, read ahead.
+  assert set(range(2 * batches)) <= set(first) | set(second)
+  assert set(range(2 * batches)) <= set(_training_ids(f'{one}.ids.0'))
+
+
+def test_only_process_zero_reports(runs):
+  _, _, (primary_stdout, other_stdout) = runs
+  assert 'eval at step 3: sharded_sentiment/accuracy' in primary_stdout
+  assert 'done: steps 0 → 3' in primary_stdout
+  assert 'eval at step' not in other_stdout and 'done:' not in other_stdout
+
+
+def test_a_host_that_never_joins_is_a_clear_error(tmp_path):
+  (tmp_path / 'data').mkdir()
+  started = time.time()
+  lonely = _start(tmp_path, tmp_path / 'run', 2, f'--coordinator_address=localhost:{_free_port()}',
+                  '--process_count=2', '--process_index=0', '--initialization_timeout=3')
+  _, stderr = lonely.communicate(timeout=120)
+  assert lonely.returncode == 1
+  assert stderr.strip().splitlines()[-1].startswith(
+      'error: not every process joined the coordinator at localhost:'), stderr[-2000:]
+  assert '--initialization_timeout' in stderr
+  assert time.time() - started < 60
+
+
+@pytest.mark.parametrize('flags,message', [
+    (dict(process_count=2), 'need --coordinator_address'),
+    (dict(coordinator_address='localhost:1', process_count=2), 'needs --process_count and'),
+    (dict(coordinator_address='localhost:1', process_count=2, process_index=2), 'not in [0, 2)'),
+])
+def test_inconsistent_flags_are_refused(flags, message):
+  with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(')', r'\)')):
+    distributed.initialize(**flags)
