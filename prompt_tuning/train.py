@@ -8,7 +8,9 @@ r"""Prompt tuning (or model tuning) from gin, t5x style.
 
 Resumes from the newest checkpoint in MODEL_DIR; writes checkpoints, TensorBoard logs
 (`train/`, `eval/`), the gin config and, at the end, `prompt.npy` (prompt tuning) or
-`params/` (model tuning).
+`params/` (model tuning). On SIGTERM (preemption) it saves a checkpoint after the current
+step and exits with status 143; the same command resumes. On several hosts, start it on
+each (see `distributed.py`); MODEL_DIR may be a `gs://` URL.
 """
 
 import os
@@ -36,7 +38,8 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           checkpoint: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
           mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, float]:
   """Trains `setup`'s trainable parameters for `train_steps` steps (resuming if MODEL_DIR
-  has a checkpoint); returns the last eval metrics."""
+  has a checkpoint); returns the last eval metrics, or raises `preemption.Preempted` after
+  saving when SIGTERM came."""
   started = time.time()
   data.import_task_modules(setup.task_modules)
   data.get_task(train_data.mixture_or_task_name)
