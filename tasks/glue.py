@@ -1,16 +1,17 @@
-"""GLUE from TFDS (`glue/*:2.0.0`) in T5's text-to-text format, e.g. `glue_rte_v2`:
+"""GLUE from TFDS (`glue/*:2.0.0`) in T5's text-to-text format, under T5's task names,
+e.g. `glue_rte_v002`:
 
   inputs  'rte sentence1: <first sentence> sentence2: <second sentence>'
   targets 'entailment' or 'not_entailment'
 
 Tasks: glue_{cola, sst2, mrpc, qqp, stsb, mnli, mnli_matched, mnli_mismatched, qnli, rte,
-wnli, ax}_v2, each with a `_taskless` twin whose inputs lack the task name ('sentence1: ...').
-`glue_ax_v2` is the diagnostic set (test split only), cast as MNLI as T5 does, with Matthews
+wnli, ax}_v002, each with a `_taskless` twin whose inputs lack the task name ('sentence1: ...').
+`glue_ax_v002` is the diagnostic set (test split only), cast as MNLI as T5 does, with Matthews
 correlation, as the GLUE leaderboard reports it.
 Fields appear in T5's (alphabetical) order, targets are the TFDS label names, and STS-B's
 score is rounded to 0.2 and written as text ('3.4'). Metrics as T5 reports them (x100):
 CoLA Matthews correlation; MRPC and QQP F1 and accuracy; STS-B Pearson and Spearman;
-the rest accuracy. `glue_mnli_v2` has the splits train, validation_matched,
+the rest accuracy. `glue_mnli_v002` has the splits train, validation_matched,
 validation_mismatched, test_matched, test_mismatched; the matched and mismatched tasks have
 validation and test. Data and vocabulary locations: see `tasks/tfds_tasks.py`.
 
@@ -64,7 +65,7 @@ TASKS = {
 
 def task_names() -> list[str]:
   """Every GLUE task this module registers, the paraphrase tasks last."""
-  names = [f'glue_{config}_v2' for config in (*TASKS, 'stsb')]
+  names = [f'glue_{config}_v002' for config in (*TASKS, 'stsb')]
   return names + [name + tfds_tasks.TASKLESS_SUFFIX for name in names] + list(PARAPHRASE)
 
 
@@ -73,11 +74,11 @@ def _register():
     suffix = tfds_tasks.TASKLESS_SUFFIX if taskless else ''
     for config, (prefix, fields, labels, metric_fns, splits) in TASKS.items():
       tfds_tasks.add_task(
-          f'glue_{config}_v2{suffix}', f'glue/{config}:{VERSION}', splits,
+          f'glue_{config}_v002{suffix}', f'glue/{config}:{VERSION}', splits,
           text_formats.labelled_fields(None if taskless else prefix, fields, labels),
           postprocessors.label_to_id(labels), metric_fns, labels)
     tfds_tasks.add_task(
-        f'glue_stsb_v2{suffix}', f'glue/stsb:{VERSION}', SPLITS,
+        f'glue_stsb_v002{suffix}', f'glue/stsb:{VERSION}', SPLITS,
         text_formats.stsb(None if taskless else 'stsb'), postprocessors.to_float,
         (metrics.pearson_corrcoef, metrics.spearman_corrcoef))
   for name, (config, fields) in PARAPHRASE.items():
@@ -88,5 +89,5 @@ def _register():
         PARAPHRASE_LABELS)
 
 
-if 'glue_rte_v2' not in seqio.TaskRegistry.names():
+if 'glue_rte_v002' not in seqio.TaskRegistry.names():
   _register()

@@ -15,9 +15,10 @@ token F1 (best answer); AX-b Matthews correlation; AX-g accuracy and gender pari
 percentage of minimal pairs, examples 2k and 2k+1 that differ only in the pronoun's gender,
 whose predictions agree); the rest accuracy.
 
-Mixtures `super_glue_v102` and `super_glue_v102_taskless`: the eight training tasks (WSC as
-wsc.fixed), sampled in proportion to their training examples, each rate capped at
-MIXING_RATE_CAP (T5's examples-proportional mixing). Locations: see `tasks/tfds_tasks.py`.
+Mixtures `super_glue_v102_proportional` and `super_glue_v102_proportional_taskless` (T5's
+names): the eight training tasks (WSC as wsc.fixed), sampled in proportion to their
+training examples, each rate capped at MIXING_RATE_CAP (T5's examples-proportional mixing).
+Locations: see `tasks/tfds_tasks.py`.
 """
 
 import seqio
@@ -97,7 +98,7 @@ def _register(taskless: bool):
         text_formats.wsc(prefix('wsc')), postprocessors.label_to_id(BINARY),
         (metrics.accuracy,), BINARY)
   seqio.MixtureRegistry.add(
-      'super_glue_v102' + (tfds_tasks.TASKLESS_SUFFIX if taskless else ''),
+      'super_glue_v102_proportional' + (tfds_tasks.TASKLESS_SUFFIX if taskless else ''),
       [(task_name(config, taskless), min(count, MIXING_RATE_CAP))
        for config, count in TRAIN_EXAMPLES.items()])
 

@@ -123,14 +123,14 @@ def test_the_tfds_data_dir_flag_overrides_tfds_data_dir(tmp_path, monkeypatch):
 
 def test_classification_tasks_register_their_label_words():
   from prompt_tuning import labels  # pylint: disable=g-import-not-at-top
-  assert labels.labels_of('glue_rte_v2') == ('entailment', 'not_entailment')
-  assert labels.labels_of('glue_mnli_v2_taskless') == ('entailment', 'neutral', 'contradiction')
-  assert labels.labels_of('glue_stsb_v2') is None  # Regression: no rank classification.
-  assert labels.labels_of('glue_ax_v2') == ('entailment', 'neutral', 'contradiction')
+  assert labels.labels_of('glue_rte_v002') == ('entailment', 'not_entailment')
+  assert labels.labels_of('glue_mnli_v002_taskless') == ('entailment', 'neutral', 'contradiction')
+  assert labels.labels_of('glue_stsb_v002') is None  # Regression: no rank classification.
+  assert labels.labels_of('glue_ax_v002') == ('entailment', 'neutral', 'contradiction')
 
 
 def test_ax_is_the_mnli_formatted_diagnostic_set_scored_by_matthews_correlation():
-  task = seqio.get_mixture_or_task('glue_ax_v2')
+  task = seqio.get_mixture_or_task('glue_ax_v002')
   assert task.splits == ('test',)
   assert [fn.__name__ for fn in task.predict_metric_fns] == ['matthews_corrcoef']
   example = {'premise': 'The cat sat.', 'hypothesis': 'A cat sat.', 'label': 2, 'idx': 5}

@@ -27,7 +27,8 @@ def test_every_classification_task_has_label_words(name):
   assert bool(words) == ('_record_' not in name), (name, words)
 
 
-@pytest.mark.parametrize('name', ['super_glue_v102', 'super_glue_v102_taskless'])
+@pytest.mark.parametrize('name', ['super_glue_v102_proportional',
+                                  'super_glue_v102_proportional_taskless'])
 def test_mixtures_make_batches_with_proportional_rates(name):
   mixture = seqio.get_mixture_or_task(name)
   rates = {task.name.split('_')[2]: mixture.get_rate(task) for task in mixture.tasks}
