@@ -63,6 +63,7 @@ def test_two_processes_train_the_prompt_one_process_does(runs):
                              rtol=1e-5, atol=1e-6)
   assert not np.allclose(np.load(two / 'prompt.npy'), 0.0)
   assert sorted(os.listdir(two / 'checkpoints')) == ['3']
+  assert len(os.listdir(two / 'train')) == 1  # One TensorBoard file: process 0's.
 
 
 def test_each_process_reads_its_own_shard(runs):
