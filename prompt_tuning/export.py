@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import checkpoints
 from prompt_tuning import gin_config
 from prompt_tuning import hf_checkpoint
 from prompt_tuning import initial_checkpoint
@@ -44,15 +45,15 @@ _PEFT_ADAPTER = flags.DEFINE_string('peft_adapter', None,
 
 def run_prompt(model_dir: str, step: Optional[int] = None) -> np.ndarray:
   """The prompt [P, E] at `step` (default: the newest) of MODEL_DIR/checkpoints."""
-  directory = os.path.join(model_dir, 'checkpoints')
-  steps = sorted(int(name) for name in os.listdir(directory)
-                 if name.isdigit()) if os.path.isdir(directory) else []
+  directory = checkpoints.as_path(model_dir) / 'checkpoints'  # Local or gs://.
+  steps = sorted(int(path.name) for path in directory.iterdir()
+                 if path.name.isdigit()) if directory.is_dir() else []
   if not steps:
     raise FileNotFoundError(f'MODEL_DIR {model_dir} has no checkpoints/<step>/ to export.')
   step = steps[-1] if step is None else step
   if step not in steps:
     raise ValueError(f'MODEL_DIR {model_dir} has no checkpoint at step {step}; it has {steps}.')
-  item = os.path.join(directory, str(step), 'state')
+  item = str(directory / str(step) / 'state')
   trainable = t5x_checkpoint.orbax_tree(item)['trainable']
   if 'prompt' not in trainable.get('encoder', {}):
     raise ValueError(f'MODEL_DIR {model_dir} trained no prompt (a model-tuning run?); export its '
