@@ -10,6 +10,7 @@ every host that did, instead of a hang.
 """
 
 import glob
+import importlib.util
 import os
 import sys
 import threading
@@ -33,8 +34,10 @@ _JAX_DEADLINE_MARGIN_S = 60
 
 
 def on_cloud_tpu_vm() -> bool:
-  """A Cloud TPU VM has TPU chips as /dev/accel* (v2-v4) or /dev/vfio/<n> (v5 and later)."""
-  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
+  """A Cloud TPU VM has TPU chips as /dev/accel* (v2-v4) or /dev/vfio/<n> (v5 and later),
+  and libtpu installed (the `tpu` extra)."""
+  has_chips = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
+  return has_chips and importlib.util.find_spec('libtpu') is not None
 
 
 def initialize(coordinator_address: Optional[str] = None, process_count: Optional[int] = None,

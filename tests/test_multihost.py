@@ -106,3 +106,16 @@ def test_a_host_that_never_joins_is_a_clear_error(tmp_path):
 def test_inconsistent_flags_are_refused(flags, message):
   with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(')', r'\)')):
     distributed.initialize(**flags)
+
+
+def test_a_cloud_tpu_vm_joins_its_pod_without_flags(monkeypatch):
+  """On a TPU VM, JAX finds the pod itself (we cannot reach one here: record the call)."""
+  calls = []
+  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm', lambda: True)
+  monkeypatch.setattr(distributed.jax.distributed, 'initialize',
+                      lambda *args, **kwargs: calls.append((args, kwargs)))
+  distributed.initialize(timeout_s=30)
+  assert calls == [((None, None, None), {'initialization_timeout': 90})]
+  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm', lambda: False)
+  distributed.initialize()  # One process: nothing to join.
+  assert len(calls) == 1
