@@ -59,7 +59,7 @@ def feature_converter(pack: bool = False) -> seqio.EncDecFeatureConverter:
 
 
 def _sources_shard(task: seqio.Task | seqio.Mixture, split: str, num_shards: int) -> bool:
-  """Whether every source can hand each host its own shard (enough files, or TFDS)."""
+  """Whether every source can hand each host its own shard (it has a file per host)."""
   tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]
   return all(t.source.supports_arbitrary_sharding or len(t.source.list_shards(split)) >= num_shards
              for t in tasks)

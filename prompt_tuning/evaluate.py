@@ -46,12 +46,6 @@ def evaluate(setup: runs.RunSetup = gin.REQUIRED,
   return metrics
 
 
-def main(argv):
-  del argv
-  gin_config.parse_flags()
-  evaluate()
-
-
 if __name__ == '__main__':
   from prompt_tuning import evaluate as evaluate_lib  # The module gin configures.
-  gin_config.run(evaluate_lib.main, multihost=True)
+  gin_config.run_configured(evaluate_lib.evaluate)

@@ -2,14 +2,14 @@
 `--tfds_data_dir`.
 
 The repository's `gin/` folder is always searched last, so `models/t5_1_1_base.gin`
-works from any directory. Entry points call `run(main)` and then `parse_flags()`.
+works from any directory. Gin runs start with `run_configured(fn)`; other tools with `run(main)`.
 """
 
 import os
 import re
 import sys
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -91,7 +91,8 @@ def run(main: Callable[[Sequence[str]], None], multihost: bool = False) -> None:
   """`app.run` that understands `--gin.X=V` flags, first joins the other hosts when
   `multihost` (see `distributed`), and turns bad input (a ValueError, a missing file, a gin
   error) into one line on stderr and exit status 1; a preempted run exits with
-  `preemption.EXIT_STATUS` and its one-line message."""
+  `preemption.EXIT_STATUS` and its one-line message. Tools call this with their `main`;
+  gin runs call `run_configured`."""
 
   def main_with_clear_errors(argv):
     if not flags.FLAGS['verbosity'].present:
@@ -109,6 +110,18 @@ def run(main: Callable[[Sequence[str]], None], multihost: bool = False) -> None:
       sys.exit(f'error: {message}')
 
   app.run(main_with_clear_errors, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
+
+
+def run_configured(configured: Callable[[], Any]) -> None:
+  """The command line of a gin run (train, evaluate, infer): join the other hosts, parse the
+  gin files and bindings, then call `configured` with what they bound."""
+
+  def main(argv):
+    del argv
+    parse_flags()
+    configured()
+
+  run(main, multihost=True)
 
 
 def apply_tfds_data_dir() -> None:

@@ -37,12 +37,6 @@ def infer(setup: runs.RunSetup = gin.REQUIRED,
   return str(path)
 
 
-def main(argv):
-  del argv
-  gin_config.parse_flags()
-  infer()
-
-
 if __name__ == '__main__':
-  from prompt_tuning import infer as infer_lib  # The module gin configures.
-  gin_config.run(infer_lib.main, multihost=True)
+  from prompt_tuning import infer as infer_lib  # The module gin files configure, not __main__.
+  gin_config.run_configured(infer_lib.infer)

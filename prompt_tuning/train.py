@@ -153,12 +153,6 @@ def export(model_dir: str, run: runs.PreparedRun) -> list[str]:
   return exported
 
 
-def main(argv):
-  del argv
-  gin_config.parse_flags()
-  train()
-
-
 if __name__ == '__main__':
   from prompt_tuning import train as train_lib  # The module gin files configure, not __main__.
-  gin_config.run(train_lib.main, multihost=True)
+  gin_config.run_configured(train_lib.train)

@@ -19,15 +19,16 @@ def write_files(directory: str) -> list[str]:
   """train-0.tsv (even examples), train-1.tsv (odd), validation.tsv, lines `id TAB input
   TAB target` (validation ids start with 'v'); returns the training ids in the order one
   host reads them."""
-  def write(name, examples, prefix=''):
+  def write(name, numbered_examples, prefix=''):
     with open(os.path.join(directory, name), 'w') as f:
       f.writelines(f'{prefix}{i}\t{e["inputs"].decode()}\t{e["targets"].decode()}\n'
-                   for i, e in examples)
+                   for i, e in numbered_examples)
 
-  train = list(enumerate(tiny_task._examples('train').as_numpy_iterator()))  # pylint: disable=protected-access
+  numbered = lambda split: enumerate(tiny_task.reviews(split).as_numpy_iterator())
+  train = list(numbered('train'))
   for shard in (0, 1):
     write(f'train-{shard}.tsv', train[shard::2])
-  write('validation.tsv', enumerate(tiny_task._examples('validation').as_numpy_iterator()), 'v')  # pylint: disable=protected-access
+  write('validation.tsv', numbered('validation'), 'v')
   return [str(i) for i, _ in train]
 
 

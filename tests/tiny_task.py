@@ -11,7 +11,7 @@ BAD = ['bad', 'awful', 'boring', 'poor']
 FILLER = ['the', 'film', 'was', 'plot', 'actors', 'very', 'and', 'music']
 
 
-def _examples(split: str, shuffle_files: bool = False, seed=None):
+def reviews(split: str, shuffle_files: bool = False, seed=None):
   del shuffle_files, seed
   rng = np.random.RandomState({'train': 0, 'validation': 1}[split])
   inputs, targets = [], []
@@ -32,7 +32,7 @@ if 'tiny_sentiment' not in seqio.TaskRegistry.names():
   vocabulary = seqio.SentencePieceVocabulary(VOCAB_PATH)
   seqio.TaskRegistry.add(
       'tiny_sentiment',
-      source=seqio.FunctionDataSource(_examples, splits=['train', 'validation']),
+      source=seqio.FunctionDataSource(reviews, splits=['train', 'validation']),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
       output_features={name: seqio.Feature(vocabulary, add_eos=True)
                        for name in ('inputs', 'targets')},
