@@ -87,19 +87,16 @@ def rewrite_gin_args(args: Sequence[str]) -> list[str]:
   return [rewrite(arg) for arg in args]
 
 
-def run(main: Callable[[Sequence[str]], None], multihost: bool = False) -> None:
-  """`app.run` that understands `--gin.X=V` flags, first joins the other hosts when
-  `multihost` (see `distributed`), and turns bad input (a ValueError, a missing file, a gin
-  error) into one line on stderr and exit status 1; a preempted run exits with
-  `preemption.EXIT_STATUS` and its one-line message. Tools call this with their `main`;
-  gin runs call `run_configured`."""
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`app.run` that understands `--gin.X=V` flags and turns bad input (a ValueError, a
+  missing file, a gin error) into one line on stderr and exit status 1; a preempted run
+  exits with `preemption.EXIT_STATUS` and its one-line message. Tools call this with their
+  `main`; gin runs call `run_configured`."""
 
   def main_with_clear_errors(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # Quiet library INFO logs (orbax, seqio).
     try:
-      if multihost:
-        distributed.initialize_from_flags()
       main(argv)
     except preemption.Preempted as e:
       sys.stderr.write(str(e).splitlines()[0] + '\n')  # Without gin's "In call to ..." line.
@@ -118,10 +115,11 @@ def run_configured(configured: Callable[[], Any]) -> None:
 
   def main(argv):
     del argv
+    distributed.initialize_from_flags()  # Before any other JAX call.
     parse_flags()
     configured()
 
-  run(main, multihost=True)
+  run(main)
 
 
 def apply_tfds_data_dir() -> None:
