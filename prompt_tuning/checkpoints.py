@@ -87,20 +87,29 @@ def load_params(directory: str, abstract_params: Params) -> Params:
 
 
 class RunCheckpoints:
-  """The checkpoints of one run in `MODEL_DIR/checkpoints` (and `MODEL_DIR/best`)."""
+  """The checkpoints of one run in `MODEL_DIR/checkpoints` (and `MODEL_DIR/best`).
+
+  Opening them reads only; `make_directories` creates the folders once a run proceeds.
+  """
 
   def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
     self.config = config
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, create=True)
-    self.latest = ocp.CheckpointManager(as_path(model_dir) / 'checkpoints',
-                                        options=options, item_names=('state', 'meta'))
+    self.directories = [as_path(model_dir) / 'checkpoints']
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, create=False)
+    self.latest = ocp.CheckpointManager(self.directories[0], options=options,
+                                        item_names=('state', 'meta'))
     self.best = None
     if config.best_metric:
+      self.directories.append(as_path(model_dir) / 'best')
       best_options = ocp.CheckpointManagerOptions(
-          max_to_keep=1, create=True, best_mode=config.best_mode,
+          max_to_keep=1, create=False, best_mode=config.best_mode,
           best_fn=lambda metrics: metrics[config.best_metric])
-      self.best = ocp.CheckpointManager(as_path(model_dir) / 'best',
-                                        options=best_options, item_names=('state', 'meta'))
+      self.best = ocp.CheckpointManager(self.directories[1], options=best_options,
+                                        item_names=('state', 'meta'))
+
+  def make_directories(self) -> None:
+    for directory in self.directories:
+      directory.mkdir(parents=True, exist_ok=True)
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
@@ -117,11 +126,17 @@ class RunCheckpoints:
     return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def restore(self, step: int, like: trainer.TrainState) -> trainer.TrainState:
-    """The state at `step`, placed with the shardings of the state `like`."""
+    """The state at `step`, placed with the shardings of the state `like`; a checkpoint
+    whose optimiser state has another structure is refused in one line."""
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             like)
-    return self.latest.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    try:
+      return self.latest.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f'the checkpoint at step {step} in {self.directories[0]} does not fit '
+                       f'this run\'s optimiser state ({type(e).__name__}); resume with the '
+                       'optimizer it was trained with, or use a new MODEL_DIR.') from None
 
   def close(self):
     for manager in (self.latest, self.best):
@@ -135,16 +150,17 @@ def trainable_shapes(trainable: Params) -> dict[str, list[int]]:
 
 
 def check_resumable(meta: dict, trainable: Params, frozen_record: dict) -> None:
-  """Refuses to resume a run whose prompt shape or frozen weights differ from the checkpoint."""
+  """Refuses to resume a run whose trainable shapes or frozen weights (by fingerprint; the
+  path may differ, e.g. a copy) differ from the checkpoint's."""
   shapes = trainable_shapes(trainable)
   if meta['trainable_shapes'] != shapes:
     raise ValueError(f'MODEL_DIR holds a checkpoint with trainable shapes '
                      f'{meta["trainable_shapes"]} but this run builds {shapes} (a different '
                      'PROMPT_LENGTH or model?); use the original settings or a new MODEL_DIR.')
-  if meta['frozen'] != frozen_record:
+  if meta['frozen']['fingerprint'] != frozen_record['fingerprint']:
     raise ValueError(f'MODEL_DIR was trained on frozen weights {meta["frozen"]} but this run '
-                     f'loads {frozen_record}; resume with the same INITIAL_CHECKPOINT_PATH or '
-                     'use a new MODEL_DIR.')
+                     f'loads {frozen_record}; resume with the same frozen weights or use a new '
+                     'MODEL_DIR.')
 
 
 def export_prompt(trainable: Params, path: str) -> None:

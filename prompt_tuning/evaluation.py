@@ -32,11 +32,14 @@ class EvalConfig:
   num_examples: Optional[int] = None  # None: the whole split.
 
 
-def _batches(dataset, batch_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
-  """(indices [B], features, number of real rows), the last batch padded to B."""
+def _batches(dataset, batch_size: int,
+             padded_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
+  """(indices [B], features [padded_size, ...], number of real rows): batches of
+  `batch_size` examples, each zero-padded to `padded_size` rows (so that it splits over
+  the mesh's data axis); the padding rows are dropped from every output."""
   for indices, features in dataset.batch(batch_size).as_numpy_iterator():
     real = len(indices)
-    pad = lambda x: np.pad(x, [(0, batch_size - real)] + [(0, 0)] * (x.ndim - 1))
+    pad = lambda x: np.pad(x, [(0, padded_size - real)] + [(0, 0)] * (x.ndim - 1))
     yield indices, {k: pad(v) for k, v in features.items()}, real
 
 
@@ -57,12 +60,16 @@ class Evaluator:
   def __init__(self, config: EvalConfig, model: models.EncoderDecoderModel,
                batch_sharding: Any):
     self.config = config
+    if config.batch_size <= 0:
+      raise ValueError(f'EVAL_BATCH_SIZE={config.batch_size} must be positive.')
     data.get_task(config.mixture_or_task_name)
     self.evaluator = seqio.Evaluator(
         config.mixture_or_task_name, feature_converter=data.feature_converter(),
         eval_split=config.split, sequence_length=dict(config.task_feature_lengths),
         num_examples=config.num_examples, use_memory_cache=True)
     self.batch_sharding = batch_sharding
+    ways = batch_sharding.mesh.shape['data']
+    self.padded_size = -(-config.batch_size // ways) * ways  # Rounded up to split evenly.
     merged = lambda fn: lambda trainable, frozen, batch: fn(
         trainer.merge_params(trainable, frozen), batch)
     # Outputs on every device, so every process (host) reads them whole.
@@ -73,7 +80,7 @@ class Evaluator:
 
   def _run(self, fn, dataset, trainable, frozen):
     outputs = []
-    for indices, features, real in _batches(dataset, self.config.batch_size):
+    for indices, features, real in _batches(dataset, self.config.batch_size, self.padded_size):
       batch = jax.device_put(features, self.batch_sharding)
       result = np.asarray(jax.device_get(fn(trainable, frozen, batch)))[:real]
       outputs.extend(zip(indices.tolist(), result.tolist()))

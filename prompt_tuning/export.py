@@ -75,6 +75,17 @@ def export_hf(checkpoint: str, output: str) -> None:
   hf_checkpoint.save(output, params, model.module.config)
 
 
+def model_tuning_params(model_dir: str) -> str:
+  """MODEL_DIR/params, which model-tuning runs write; a prompt-tuning run is told apart."""
+  params = os.path.join(model_dir, 'params')
+  if not checkpoints.as_path(params).exists() and (
+      checkpoints.as_path(model_dir) / 'checkpoints').exists():
+    raise ValueError(f'MODEL_DIR {model_dir} is a prompt-tuning run: it trained a prompt, not '
+                     'the model weights; export the prompt with --format=peft or --format=npy, '
+                     'or pass the frozen weights with --checkpoint=... to convert them.')
+  return params
+
+
 def _model_dir() -> str:
   if not _MODEL_DIR.value:
     raise ValueError('pass --model_dir=MODEL_DIR (or --peft_adapter=... to import a prompt).')
@@ -92,7 +103,7 @@ def main(argv):
     if not flags.FLAGS.gin_file:
       raise ValueError('--format=hf needs the model: --gin_file=models/t5_1_1_<size>.gin.')
     gin_config.parse_flags()
-    export_hf(_CHECKPOINT.value or os.path.join(_model_dir(), 'params'), output)
+    export_hf(_CHECKPOINT.value or model_tuning_params(_model_dir()), output)
   elif _FORMAT.value == 'peft':
     prompt_formats.save_peft(output, run_prompt(_model_dir(), _STEP.value), _BASE_MODEL.value)
   else:

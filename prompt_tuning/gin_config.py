@@ -5,11 +5,14 @@ The repository's `gin/` folder is always searched last, so `models/t5_1_1_base.g
 works from any directory. Gin runs start with `run_configured(fn)`; other tools with `run(main)`.
 """
 
+import difflib
+import logging as python_logging
 import os
 import re
 import sys
+import tokenize
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -59,22 +62,83 @@ def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
                           f'{list(search_paths)} or {GIN_DIR}{hint}.')
 
 
+class _QuietGinProbes(python_logging.Filter):
+  """Drops gin's error-level 'Path not found' lines: gin logs one for every include it
+  probes as a Python package path before finding it in a search path."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return not record.pathname.endswith(os.path.join('gin', 'resource_reader.py'))
+
+
+python_logging.getLogger().addFilter(_QuietGinProbes())
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
           search_paths: Sequence[str] = ()) -> None:
   """Parses the files in order, then the `X=value` bindings, and finalizes the config
-  (which checks that every `%gin.REQUIRED` macro was set)."""
+  (which checks that every `%gin.REQUIRED` macro was set). A binding that sets a macro
+  nothing uses (a misspelling) is an error naming the closest macros that are used."""
   gin.clear_config()
   for directory in (*search_paths, GIN_DIR):
     gin.add_config_file_search_path(directory)
   files = [find_gin_file(name, search_paths) for name in gin_files]
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+  except (SyntaxError, tokenize.TokenError) as e:
+    raise ValueError(_syntax_error_message(e)) from None
   except ValueError as e:
     missing = re.search(r'(\w+)/macro.value set to `%gin.REQUIRED`', str(e))
     if missing:
       raise ValueError(f'required gin macro {missing[1]} is not set; pass '
                        f'--gin.{missing[1]}=... (strings in quotes: "\'...\'").') from None
     raise
+  check_macros_used(bindings)
+
+
+def _syntax_error_message(error: SyntaxError | tokenize.TokenError) -> str:
+  """Where gin could not parse a file or binding, and how values are written."""
+  text = getattr(error, 'text', None)
+  if text and getattr(error, 'filename', None):
+    where = f'{error.filename}:{error.lineno}: {text.strip()!r}'
+  elif text:
+    where = f'the binding {text.strip()!r}'
+  else:
+    where = 'a binding (an unclosed bracket or quote?)'
+  return (f'gin cannot read {where}; values are Python literals: 0.3, 1e-3, True, None, '
+          '[1, 2], strings in quotes ("\'text\'").')
+
+
+def _macro_references(value: Any) -> Iterator[str]:
+  """The names of the macros `value` refers to (`%NAME`), looking inside lists and dicts."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == 'gin.macro':
+      yield value.scoped_selector.rsplit('/', 1)[0]
+  elif isinstance(value, (list, tuple)):
+    for item in value:
+      yield from _macro_references(item)
+  elif isinstance(value, dict):
+    for key, item in value.items():
+      yield from _macro_references(key)
+      yield from _macro_references(item)
+
+
+def used_macros() -> set[str]:
+  """Every macro some binding of the parsed config refers to."""
+  return {name for parameters in gin.config._CONFIG.values()  # pylint: disable=protected-access
+          for value in parameters.values() for name in _macro_references(value)}
+
+
+def check_macros_used(bindings: Sequence[str]) -> None:
+  """Refuses a `NAME = value` binding whose macro no configurable reads."""
+  used = used_macros()
+  for binding in bindings:
+    name = binding.partition('=')[0].strip()
+    if not name or '.' in name or name in used:
+      continue  # `configurable.parameter` bindings are checked by gin itself.
+    close = difflib.get_close_matches(name, sorted(used), n=3, cutoff=0.6)
+    hint = f'did you mean {" or ".join(close)}?' if close else (
+        f'the macros this run reads are {", ".join(sorted(used))}.')
+    raise ValueError(f'--gin.{name} sets a macro that nothing in this run reads; {hint}')
 
 
 def rewrite_gin_args(args: Sequence[str]) -> list[str]:
@@ -87,11 +151,17 @@ def rewrite_gin_args(args: Sequence[str]) -> list[str]:
   return [rewrite(arg) for arg in args]
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run` that understands `--gin.X=V` flags and turns bad input (a ValueError, a
-  missing file, a gin error) into one line on stderr and exit status 1; a preempted run
-  exits with `preemption.EXIT_STATUS` and its one-line message. Tools call this with their
-  `main`; gin runs call `run_configured`."""
+def one_line(error: BaseException) -> str:
+  """An error's message on one line, without the `In call to configurable ...` context
+  gin appends to errors raised inside configurables."""
+  message = re.split(r'\s+In call to configurable ', str(error))[0]
+  return ' '.join(message.split())
+
+
+def with_clear_errors(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], None]:
+  """`main`, turning bad input (a ValueError, a missing or unwritable file, a gin error)
+  into one line on stderr and exit status 1, and a preempted run into its one-line message
+  and exit status `preemption.EXIT_STATUS`."""
 
   def main_with_clear_errors(argv):
     if not flags.FLAGS['verbosity'].present:
@@ -99,19 +169,25 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     try:
       main(argv)
     except preemption.Preempted as e:
-      sys.stderr.write(str(e).splitlines()[0] + '\n')  # Without gin's "In call to ..." line.
+      sys.stderr.write(one_line(e) + '\n')
       sys.exit(preemption.EXIT_STATUS)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
       logging.debug('%s', traceback.format_exc())  # Shown with --verbosity=1.
-      message = ' '.join(str(e).split())
-      sys.exit(f'error: {message}')
+      sys.exit(f'error: {one_line(e)}')
 
-  app.run(main_with_clear_errors, flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
+  return main_with_clear_errors
 
 
-def run_configured(configured: Callable[[], Any]) -> None:
-  """The command line of a gin run (train, evaluate, infer): join the other hosts, parse the
-  gin files and bindings, then call `configured` with what they bound."""
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`app.run` of `with_clear_errors(main)` that understands `--gin.X=V` flags. Tools call
+  this with their `main`; gin runs call `run_configured`."""
+  app.run(with_clear_errors(main),
+          flags_parser=lambda argv: flags.FLAGS(rewrite_gin_args(argv)))
+
+
+def configured_main(configured: Callable[[], Any]) -> Callable[[Sequence[str]], None]:
+  """The `main` of a gin run (train, evaluate, infer): join the other hosts, parse the gin
+  files and bindings, then call `configured` with what they bound."""
 
   def main(argv):
     del argv
@@ -119,7 +195,12 @@ def run_configured(configured: Callable[[], Any]) -> None:
     parse_flags()
     configured()
 
-  run(main)
+  return main
+
+
+def run_configured(configured: Callable[[], Any]) -> None:
+  """The command line of a gin run: `run(configured_main(configured))`."""
+  run(configured_main(configured))
 
 
 def apply_tfds_data_dir() -> None:

@@ -23,9 +23,10 @@ from prompt_tuning import runs
 
 @gin.configurable
 def infer(setup: runs.RunSetup = gin.REQUIRED,
-          eval_data: evaluation.EvalConfig = gin.REQUIRED) -> str:
-  """Returns the path of the JSONL file written."""
-  run, evaluator = evaluate.prepare_for_eval(setup, eval_data)
+          eval_data: evaluation.EvalConfig = gin.REQUIRED,
+          use_initial_prompt: bool = False) -> str:
+  """Returns the path of the JSONL file written; `use_initial_prompt` as in `evaluate`."""
+  run, evaluator = evaluate.prepare_for_eval(setup, eval_data, use_initial_prompt)
   directory = checkpoints.as_path(setup.model_dir) / 'inference'
   path = directory / (f'{eval_data.mixture_or_task_name}-{eval_data.split}-'
                       f'{int(run.state.step)}.jsonl')

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import sentencepiece
 
+from prompt_tuning import prompt_formats
+
 Array = jax.Array
 PromptInitializer = Callable[[Array, tuple[int, int], Array], Array]
 
@@ -108,7 +110,7 @@ def from_npy(path: str) -> PromptInitializer:
 
   def init(rng, shape, embeddings=None):
     del rng, embeddings
-    value = np.load(path)
+    value = prompt_formats.load_npy(path)
     if value.shape != tuple(shape):
       raise ValueError(f'prompt file {path} has shape {value.shape} but the model expects '
                        f'{tuple(shape)} (PROMPT_LENGTH, emb_dim); export a matching prompt '

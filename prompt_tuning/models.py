@@ -125,6 +125,10 @@ def build_model(config: network.T5Config = gin.REQUIRED, prompt_length: int = 0,
                 prompt_initializer: initializers.PromptInitializer = initializers.uniform(),
                 decode_fn=decoding.greedy, z_loss: float = 1e-4,
                 label_smoothing: float = 0.0) -> EncoderDecoderModel:
-  """The model a gin run describes: `build_model.prompt_length = %PROMPT_LENGTH`, ..."""
+  """The model a gin run describes: `build_model.prompt_length = %PROMPT_LENGTH`, ...
+  (0: no prompt, as in model tuning)."""
+  if not isinstance(prompt_length, int) or prompt_length < 0:
+    raise ValueError(f'PROMPT_LENGTH={prompt_length!r} must be a whole number >= 1 for prompt '
+                     'tuning (0 only for model tuning); the paper uses 100.')
   module = network.Transformer(config, prompt_length, prompt_initializer)
   return EncoderDecoderModel(module, decode_fn, z_loss, label_smoothing)

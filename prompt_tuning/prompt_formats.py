@@ -8,8 +8,8 @@ allocates a block of P rows per stack (`num_transformer_submodules` = 2, its def
 SEQ_2_SEQ_LM), yet prompt tuning prepends only the first block to the encoder's input
 embeddings (extending the attention mask); the second block is never read. So export
 writes our prompt as the first block and zeros as the second, and import takes the first
-P rows. Our `.npy` prompts are written by `checkpoints.export_prompt` and read by
-`initializers.from_npy`.
+P rows. Our `.npy` prompts are written by `checkpoints.export_prompt` and read with
+`load_npy` (by `initializers.from_npy`).
 """
 
 import json
@@ -24,6 +24,24 @@ CONFIG = 'adapter_config.json'
 WEIGHTS = 'adapter_model.safetensors'
 KEY = 'prompt_embeddings'
 SEQ2SEQ_BLOCKS = 2  # PEFT's num_transformer_submodules for SEQ_2_SEQ_LM: encoder, decoder.
+
+
+NPY_MAGIC = b'\x93NUMPY'
+
+
+def load_npy(path: str) -> np.ndarray:
+  """A prompt `[P, E]` from a `.npy` file, or a one-line error for anything else."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'prompt file {path} does not exist; check PROMPT_FILE.')
+  with open(path, 'rb') as f:
+    if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+      raise ValueError(f'prompt file {path} is not a .npy array (no numpy header); export one '
+                       'with `python -m prompt_tuning.export --format=npy` or np.save.')
+  value = np.load(path)
+  if value.ndim != 2 or not np.issubdtype(value.dtype, np.floating):
+    raise ValueError(f'prompt file {path} holds a {value.dtype} array of shape {value.shape}; '
+                     'a prompt is a 2-D float array [PROMPT_LENGTH, emb_dim].')
+  return value
 
 
 def save_peft(directory: str, prompt: np.ndarray, base_model: Optional[str] = None) -> None:

@@ -80,9 +80,14 @@ def load_model_params(model: models.EncoderDecoderModel, mesh, shapes,
 
 def prepare(setup: RunSetup, shapes, checkpoint_config: checkpoints.CheckpointConfig,
             mesh: Optional[jax.sharding.Mesh] = None) -> PreparedRun:
-  """Loads the weights, splits them, and resumes from MODEL_DIR's newest checkpoint."""
+  """Loads the weights, splits them, and resumes from MODEL_DIR's newest checkpoint.
+
+  Writes nothing: a checkpoint that does not fit this run (other trainable shapes, other
+  frozen weights, another optimiser) is refused before anything changes in MODEL_DIR. A
+  resumed run takes its optimiser's hyperparameters (the learning rate) from the gin
+  config, not from the checkpoint.
+  """
   data.import_task_modules(setup.task_modules)
-  checkpoints.as_path(setup.model_dir).mkdir(parents=True, exist_ok=True)
   mesh = mesh or partitioning.create_mesh()
   params, shardings = load_model_params(setup.model, mesh, shapes,
                                         setup.initial_checkpoint_path, setup.seed)
@@ -97,7 +102,7 @@ def prepare(setup: RunSetup, shapes, checkpoint_config: checkpoints.CheckpointCo
   latest = run_checkpoints.latest_step()
   if latest is not None:
     checkpoints.check_resumable(run_checkpoints.read_meta(latest), trainable, frozen_record)
-    state = run_checkpoints.restore(latest, state)
+    state = trainer.with_hyperparams_of(run_checkpoints.restore(latest, state), state)
   steps = trainer.Trainer(setup.model, setup.optimizer, trainer.state_shardings(state),
                           frozen_shardings, partitioning.batch_sharding(mesh))
   return PreparedRun(mesh, state, frozen, frozen_record, steps, run_checkpoints)

@@ -13,7 +13,9 @@ step and exits with status 143; the same command resumes. On several hosts, star
 each (see `distributed.py`); MODEL_DIR may be a `gs://` URL.
 """
 
+import math
 import os
+import re
 import time
 from typing import Optional
 
@@ -25,6 +27,7 @@ from prompt_tuning import data
 from prompt_tuning import evaluation
 from prompt_tuning import gin_config
 from prompt_tuning import partitioning
+from prompt_tuning import preflight
 from prompt_tuning import preemption
 from prompt_tuning import progress
 from prompt_tuning import runs
@@ -39,19 +42,21 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, float]:
   """Trains `setup`'s trainable parameters for `train_steps` steps (resuming if MODEL_DIR
   has a checkpoint); returns the last eval metrics, or raises `preemption.Preempted` after
-  saving when SIGTERM came."""
+  saving when SIGTERM came.
+
+  Everything that can refuse the run (task, lengths, batch size against the mesh,
+  MODEL_DIR, the checkpoint to resume) is checked before the first write to MODEL_DIR.
+  """
   started = time.time()
-  data.import_task_modules(setup.task_modules)
-  data.get_task(train_data.mixture_or_task_name)
-  data.check_packing(train_data, setup.model.module.prompt_length)
-  checkpoints.as_path(setup.model_dir).mkdir(parents=True, exist_ok=True)
   with preemption.PreemptionWatch() as watch:  # From here on, SIGTERM means: save, then stop.
-    write_primary(setup.model_dir, 'config.gin', gin.config_str())
-    run = runs.prepare(setup, runs.batch_shapes(train_data.task_feature_lengths,
-                                                train_data.batch_size), checkpoint, mesh)
+    run, evaluator = prepare(setup, train_steps, train_data, eval_data, checkpoint, mesh)
     start_step = int(run.state.step)
-    evaluator = eval_data and evaluation.Evaluator(eval_data, setup.model,
-                                                   partitioning.batch_sharding(run.mesh))
+    if start_step == train_steps and start_step:
+      print(f'MODEL_DIR {setup.model_dir} already holds step {start_step} = TRAIN_STEPS: '
+            'nothing to train (raise TRAIN_STEPS to continue).')
+      return {}
+    run.checkpoints.make_directories()
+    record_config(setup.model_dir, start_step)
     report = progress.Progress(setup.model_dir, start_step, train_steps, train_data.batch_size,
                                jax.process_index() == 0)
     try:
@@ -67,12 +72,64 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
   return eval_metrics
 
 
+def prepare(setup: runs.RunSetup, train_steps: int, train_data: data.DataConfig,
+            eval_data: Optional[evaluation.EvalConfig], checkpoint: checkpoints.CheckpointConfig,
+            mesh: Optional[jax.sharding.Mesh]):
+  """(prepared run, evaluator or None), after every check that can refuse the run; writes
+  nothing."""
+  data.import_task_modules(setup.task_modules)
+  data.get_task(train_data.mixture_or_task_name)
+  preflight.check_feature_lengths(train_data.task_feature_lengths)
+  if eval_data:
+    preflight.check_feature_lengths(eval_data.task_feature_lengths)
+  data.check_packing(train_data, setup.model.module.prompt_length)
+  preflight.check_writable(setup.model_dir)
+  mesh = mesh or partitioning.create_mesh()
+  preflight.check_batch_size(train_data.batch_size, mesh)
+  run = runs.prepare(setup, runs.batch_shapes(train_data.task_feature_lengths,
+                                              train_data.batch_size), checkpoint, mesh)
+  preflight.check_train_steps(train_steps, run.checkpoints.latest_step(), setup.model_dir)
+  evaluator = eval_data and evaluation.Evaluator(eval_data, setup.model,
+                                                 partitioning.batch_sharding(run.mesh))
+  return run, evaluator
+
+
+def record_config(model_dir: str, step: int) -> None:
+  """Writes `config.gin`. A run that resumes with another configuration keeps the previous
+  one as `config-<step>.gin` (what trained up to `step`) and prints what changed."""
+  if jax.process_index() != 0:
+    return
+  path = checkpoints.as_path(model_dir) / 'config.gin'
+  config = gin.config_str()
+  previous = path.read_text() if path.exists() else None
+  if previous is not None and previous != config:
+    (checkpoints.as_path(model_dir) / f'config-{step}.gin').write_text(previous)
+    changes = '; '.join(config_changes(previous, config)) or 'formatting only'
+    print(f'configuration changed since step {step} (the previous one is kept as '
+          f'config-{step}.gin): {changes}', flush=True)
+  path.write_text(config)
+
+
+def config_changes(before: str, after: str) -> list[str]:
+  """`NAME: old → new` for every binding of two `gin.config_str()` texts that differs."""
+  def bindings(text):
+    joined = re.sub(r'\\\n\s*|\n[ \t]+', ' ', text)  # Continuation lines onto their binding.
+    pairs = (line.split(' = ', 1) for line in joined.splitlines() if ' = ' in line)
+    return {name.strip(): ' '.join(value.split()) for name, value in pairs}
+
+  old, new = bindings(before), bindings(after)
+  return [f'{name}: {old.get(name, "unset")} → {new.get(name, "unset")}'
+          for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
+
+
 def train_loop(model_dir: str, run: runs.PreparedRun, train_steps: int,
                train_data: data.DataConfig, evaluator: Optional[evaluation.Evaluator],
                checkpoint: checkpoints.CheckpointConfig, report: progress.Progress,
                watch: preemption.PreemptionWatch) -> dict[str, float]:
   """Steps from the state's step to `train_steps`, evaluating and saving on schedule;
-  returns the last eval metrics. Saves and raises `Preempted` once `watch` says so."""
+  returns the last eval metrics. Saves and raises `Preempted` once `watch` says so, and
+  stops with `NonFiniteLoss` (nothing saved) at a step whose loss or gradient is not
+  finite."""
   start_step = int(run.state.step)
   batches = data.host_batches(train_data, jax.process_index(), jax.process_count(), start_step)
 
@@ -85,7 +142,10 @@ def train_loop(model_dir: str, run: runs.PreparedRun, train_steps: int,
   for step in range(start_step + 1, train_steps + 1):
     batch = partitioning.host_batch_to_global(run.mesh, next(batches))
     run.state, metrics = run.steps.train_step(run.state, run.frozen, batch)
-    report.train_step(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not metrics.pop('finite'):
+      raise NonFiniteLoss(non_finite_message(step, metrics, run.checkpoints.latest_step()))
+    report.train_step(step, metrics)
     if step == start_step + 1:
       write_primary(model_dir, 'operative_config.gin', gin.operative_config_str())
     last = step == train_steps
@@ -100,6 +160,27 @@ def train_loop(model_dir: str, run: runs.PreparedRun, train_steps: int,
       raise preemption.Preempted(f'preempted (SIGTERM) at step {step}: checkpoint saved in '
                                  f'{model_dir}; run the same command again to resume.')
   return eval_metrics
+
+
+class NonFiniteLoss(ValueError):
+  """A step's loss or gradient was NaN or infinite; the state is the one before it."""
+
+
+def non_finite_message(step: int, metrics: dict[str, float], saved_step: Optional[int]) -> str:
+  """Which step went wrong and how, the likely causes, and what is kept."""
+  loss, grad_norm = metrics['loss'], metrics['grad_norm']
+  if not math.isfinite(loss):
+    what = f'the loss is {loss:g} at step {step}'
+  elif not math.isfinite(grad_norm):
+    what = f'the gradient norm is {grad_norm:g} at step {step}'
+  else:
+    what = f'the update of step {step} overflows (loss {loss:g}, gradient norm {grad_norm:g})'
+  rate = metrics.get('learning_rate')
+  rate_text = f'LEARNING_RATE (now {rate:g})' if rate is not None else 'the learning rate'
+  kept = (f'the newest checkpoint (step {saved_step}) is kept' if saved_step is not None
+          else 'no checkpoint was written')
+  return (f'{what}: training stopped and {kept}; lower {rate_text}, or compute in float32 '
+          '(network.T5Config.dtype, FROZEN_DTYPE) if bfloat16 overflows.')
 
 
 def write_primary(model_dir: str, name: str, text: str) -> None:

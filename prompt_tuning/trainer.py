@@ -69,6 +69,11 @@ def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
               multiply_by_parameter_scale: bool = False) -> optax.GradientTransformation:
   """The paper's optimiser: Adafactor, constant LR 0.3, decay 0.8, weight decay 1e-5,
   no parameter scaling. Any optax optimiser can be bound in gin instead."""
+  if not callable(learning_rate) and not (isinstance(learning_rate, (int, float)) and
+                                          0 <= learning_rate < float('inf')):
+    raise ValueError(f'LEARNING_RATE={learning_rate!r} must be a finite number >= 0 (the '
+                     "paper's is 0.3).")
+
   def with_learning_rate(learning_rate):
     return optax.adafactor(learning_rate, decay_rate=decay_rate,
                            weight_decay_rate=weight_decay_rate,
@@ -80,7 +85,11 @@ def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
 
 def train_step(model: models.EncoderDecoderModel, optimizer: optax.GradientTransformation,
                state: TrainState, frozen: Params, batch) -> tuple[TrainState, dict]:
-  """One optimiser step on the trainable tree; `frozen` is read, never written."""
+  """One optimiser step on the trainable tree; `frozen` is read, never written.
+
+  A step whose loss or gradient is not finite changes nothing but the step counter's
+  metrics: the state comes back as it went in, and `metrics['finite']` is 0.
+  """
   rng, dropout_rng = jax.random.split(state.rng)
 
   def loss_of(trainable):
@@ -92,7 +101,13 @@ def train_step(model: models.EncoderDecoderModel, optimizer: optax.GradientTrans
   metrics['grad_norm'] = optax.tree_utils.tree_norm(grads)
   if isinstance(opt_state, optax.InjectStatefulHyperparamsState):
     metrics['learning_rate'] = opt_state.hyperparams['learning_rate']
-  return TrainState(state.step + 1, trainable, opt_state, rng), metrics
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm']) & jnp.all(
+      jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]))
+  metrics['finite'] = finite.astype(jnp.float32)
+  keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return TrainState(jnp.where(finite, state.step + 1, state.step),
+                    keep_if_finite(trainable, state.trainable),
+                    keep_if_finite(opt_state, state.opt_state), rng), metrics
 
 
 class Trainer:
@@ -116,6 +131,19 @@ def init_state(trainable: Params, optimizer: optax.GradientTransformation, seed:
   opt_state = jax.tree.map(on_mesh, jax.jit(optimizer.init)(trainable))
   step, rng = jax.device_put((jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed)), replicated)
   return TrainState(step, trainable, opt_state, rng)
+
+
+def with_hyperparams_of(restored: TrainState, configured: TrainState) -> TrainState:
+  """`restored` with the optimiser hyperparameters (`inject_hyperparams`: the learning
+  rate) of the freshly `configured` state, so a resumed run uses the rate it was given."""
+  def swap(restored_state, configured_state):
+    if isinstance(restored_state, optax.InjectStatefulHyperparamsState):
+      return restored_state._replace(hyperparams=configured_state.hyperparams)
+    return restored_state
+
+  is_leaf = lambda x: isinstance(x, optax.InjectStatefulHyperparamsState)
+  opt_state = jax.tree.map(swap, restored.opt_state, configured.opt_state, is_leaf=is_leaf)
+  return restored.replace(opt_state=opt_state)
 
 
 def state_shardings(state: TrainState) -> TrainState:

@@ -118,7 +118,7 @@ def _checkpoint_files(model_dir):
 
 @pytest.mark.parametrize('binding,message', [
     ('PROMPT_LENGTH = 6', 'trainable shapes .* PROMPT_LENGTH'),
-    ('SEED = 1', 'trained on frozen weights .* same INITIAL_CHECKPOINT_PATH'),
+    ('SEED = 1', 'trained on frozen weights .* same frozen weights'),
 ])
 def test_refuses_to_resume_a_different_run_and_keeps_its_checkpoint(tmp_path, binding, message):
   _parse(tmp_path, 'TRAIN_STEPS = 3')
