@@ -57,20 +57,24 @@ class Result:
 
 def run_in_process(module: str, run_file: str | None, *args: str,
                    base: Sequence[str] | None = None) -> Result:
-  """Like `run`, in this process (no start-up cost): the entry point's `main` with the
+  """Like `run`, in this process (no start-up cost): the gin entry point's `main` with the
   same flags and error handling, its exit status, stdout and stderr. `base` replaces the
   tiny run's flags (e.g. `['--gin_file=demo.gin']`)."""
   entry_point = importlib.import_module(f'prompt_tuning.{module}')
-  main = gin_config.with_clear_errors(gin_config.configured_main(getattr(entry_point, module)))
-  argv = command(module, run_file, *args)[2:] if base is None else [f'prompt_tuning.{module}',
-                                                                    *base, *args]
+  argv = command(module, run_file, *args)[3:] if base is None else [*base, *args]
+  return run_main_in_process(gin_config.configured_main(getattr(entry_point, module)), argv)
+
+
+def run_main_in_process(main, argv: Sequence[str]) -> Result:
+  """A tool's `main` run with the command line `argv` (flags only) as `gin_config.run` would
+  run it: exit status, stdout and stderr."""
   flags.FLAGS.unparse_flags()
-  flags.FLAGS(gin_config.rewrite_gin_args(argv))
+  flags.FLAGS(gin_config.rewrite_gin_args(['prog', *argv]))
   stdout, stderr = io.StringIO(), io.StringIO()
   returncode = 0
   with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
     try:
-      main([])
+      gin_config.with_clear_errors(main)([])
     except SystemExit as e:
       if isinstance(e.code, str):
         stderr.write(e.code + '\n')

@@ -127,6 +127,15 @@ def test_a_refused_run_changes_nothing_in_an_existing_run(trained, module, run_f
   assert snapshot(trained) == before
 
 
+def test_export_to_hugging_face_of_a_prompt_run_says_what_to_do(trained, tmp_path):
+  result = cli.run_main_in_process(export.main, [
+      '--format=hf', '--gin_file=models/t5_1_1_tiny.gin', f'--model_dir={trained}',
+      f'--output={tmp_path / "hf"}'])
+  assert_one_clear_line(result, 'is a prompt-tuning run: it trained a prompt, not the model '
+                                'weights; export the prompt with --format=peft')
+  assert not (tmp_path / 'hf').exists()
+
+
 def test_a_finished_run_is_left_as_it_is(trained):
   before = snapshot(trained)
   result = cli.run_in_process('train', None, f"--gin.MODEL_DIR='{trained}'", *SHORT_RUN)

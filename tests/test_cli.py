@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -16,11 +17,20 @@ def trained_run(tmp_path_factory):
   result = cli.run('train', None, f"--gin.MODEL_DIR='{model_dir}'",
                 '--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=2',
                 "--gin.BEST_METRIC='tiny_sentiment/accuracy'")
-  return model_dir, result.stdout
+  return model_dir, result
+
+
+def test_a_healthy_run_logs_no_errors(trained_run):
+  """No error-level log lines (absl `E1202 ...`, `ERROR:...`) when all is well."""
+  _, result = trained_run
+  errors = [line for line in result.stderr.splitlines()
+            if re.match(r'E\d{4} |ERROR:|error: ', line)]
+  assert not errors, errors
 
 
 def test_train_writes_checkpoints_logs_config_and_metrics(trained_run):
-  model_dir, stdout = trained_run
+  model_dir, result = trained_run
+  stdout = result.stdout
   assert sorted(os.listdir(model_dir / 'checkpoints')) == ['2', '4']
   assert len(os.listdir(model_dir / 'best')) == 1
   events = glob.glob(str(model_dir / 'train' / 'events.out.tfevents.*'))
