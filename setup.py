@@ -25,6 +25,7 @@ setuptools.setup(
         'orbax-checkpoint>=0.11',
         'sentencepiece>=0.2',
         'seqio>=0.0.19',
+        'tensorboard>=2.16',  # The `tensorboard --logdir` a run's summary line suggests.
         'tensorflow>=2.16',
         'tensorstore>=0.1.60',
         'tqdm>=4.66',

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Our train step vs Hugging Face PEFT prompt tuning on the same T5 1.1 shapes, one after the
 # other in one run. Both JSON lines go to RESULTS (default /tmp/bench.jsonl, overwritten),
-# then ../shared/bench/t5_flops.py turns them into model FLOP/s.
+# then benchmarks/t5_flops.py turns them into model FLOP/s. The PEFT side
+# (benchmarks/peft_bench.py) needs torch, transformers and peft: pip install -e '.[hf]'.
 #
 # Usage (from anywhere): benchmarks/compare_peft.sh [RESULTS]
 # Shapes via env: SIZE=small BATCH=8 INPUTS=128 TARGETS=8 PROMPT=20 STEPS=10 WARMUP=2
@@ -18,8 +19,8 @@ DEVICE="${DEVICE:-cpu}" DROPOUT="${DROPOUT:-0.1}"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
-PEFT_BENCH=../shared/bench/peft_bench.py
-T5_FLOPS=../shared/bench/t5_flops.py
+PEFT_BENCH=benchmarks/peft_bench.py
+T5_FLOPS=benchmarks/t5_flops.py
 [[ -f "$PEFT_BENCH" ]] || { echo "missing $PEFT_BENCH" >&2; exit 1; }
 [[ "$SIZE" == tiny ]] && echo "note: 'tiny' differs between gin/models and peft_bench" >&2
 

@@ -1,6 +1,6 @@
 """Times `trainer.train_step` (prompt tuning or full fine-tuning) on a random-weight T5 1.1.
 
-Prints one JSON line, comparable with `../shared/bench/peft_bench.py` run on the same shapes
+Prints one JSON line, comparable with `benchmarks/peft_bench.py` run on the same shapes
 (see `benchmarks/compare_peft.sh`). Usage, from the repository root:
 
     python benchmarks/train_step.py --size small --batch 8 --inputs 128 --targets 8 \

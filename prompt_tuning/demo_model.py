@@ -23,7 +23,9 @@ from absl import flags
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'demo')
 VOCABULARY_PATH = os.path.join(ASSETS, 'spm.model')
 PARAMS_PATH = os.path.join(ASSETS, 'params')
-gin.constant('demo_model.VOCABULARY_PATH', VOCABULARY_PATH)
+# Not named VOCABULARY_PATH: a gin constant `m.X` shadows every macro `X`, so that name
+# would silently replace the VOCABULARY_PATH macro of every run that imports this module.
+gin.constant('demo_model.DEMO_VOCABULARY_PATH', VOCABULARY_PATH)
 
 _PARAMS = flags.DEFINE_string('params', None, 'A pretraining run\'s params/ to package.')
 

@@ -30,16 +30,32 @@ def labels_of(task_name: str) -> Optional[tuple[str, ...]]:
 
 
 @gin.configurable
-def task_labels(task_name: str, task_modules: str | Sequence[str] = ()) -> tuple[str, ...]:
-  """The labels registered for `task_name` (CLASS_LABELS when not given in gin)."""
+def task_labels(task_name: Optional[str] = None, task_modules: str | Sequence[str] = (),
+                labels: Optional[Sequence[str]] = None) -> tuple[str, ...]:
+  """`labels` (CLASS_LABELS) when given, else the labels registered for `task_name`."""
+  if labels is not None:
+    return _checked_override(labels)
+  if not task_name:
+    raise ValueError('class-label initialisation needs labels; set MIXTURE_OR_TASK_NAME to a '
+                     'task with label words, or --gin.CLASS_LABELS="[...]".')
   data.import_task_modules(task_modules)
   data.get_task(task_name)
-  labels = labels_of(task_name)
-  if labels is None:
+  registered = labels_of(task_name)
+  if registered is None:
     raise ValueError(f'task {task_name!r} has no registered label words; call '
                      'prompt_tuning.labels.register_labels in its module, or set '
                      '--gin.CLASS_LABELS="[...]".')
-  return labels
+  return registered
+
+
+def _checked_override(labels: Sequence[str]) -> tuple[str, ...]:
+  """CLASS_LABELS as a tuple, refused unless it is a non-empty list of strings."""
+  if (isinstance(labels, str) or not labels
+      or not all(isinstance(label, str) for label in labels)):
+    raise ValueError(f'CLASS_LABELS must be a non-empty list of label words, got {labels!r}; '
+                     'set e.g. --gin.CLASS_LABELS="[\'negative\', \'positive\']", or None '
+                     "for the task's registered labels.")
+  return tuple(labels)
 
 
 @gin.configurable

@@ -143,10 +143,12 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[
 
 def record_exact_match_and_f1(targets: Sequence[dict], predictions: Sequence[str]) -> dict:
   """ReCoRD's EM and token F1 (x100), each the best over the query's answers, averaged over
-  queries: the copies of a query (one per answer, postprocessors.record) count once."""
+  queries: the copies of a query (one per answer, postprocessors.record) count once. Named
+  `em` and `f1`, as T5's super_glue_record_v102 reports them (its deduplicated SQuAD metric)."""
   _check_lengths(targets, predictions)
   queries = {}
   for target, prediction in zip(targets, predictions):
     queries.setdefault(target['group'], (target['answers'], prediction))
-  return squad([answers for answers, _ in queries.values()],
-               [prediction for _, prediction in queries.values()])
+  scores = squad([answers for answers, _ in queries.values()],
+                 [prediction for _, prediction in queries.values()])
+  return {'em': scores['exact_match'], 'f1': scores['f1']}

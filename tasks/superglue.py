@@ -11,13 +11,18 @@ sentence2, word); the diagnostics AX-b and AX-g (test split only) are cast as RT
 the noun phrase with * and the pronoun with # and asks True / False; ReCoRD makes one example
 per answer, and its metric counts each query once. Metrics (x100): CB mean 3-class F1 and
 accuracy; MultiRC F1 over all answers and exact match per question; ReCoRD exact match and
-token F1 (best answer); AX-b Matthews correlation; AX-g accuracy and gender parity (the
-percentage of minimal pairs, examples 2k and 2k+1 that differ only in the pronoun's gender,
-whose predictions agree); the rest accuracy.
+token F1 (best answer), named `em` and `f1` as in T5; AX-b Matthews correlation; AX-g accuracy
+and gender parity (the percentage of minimal pairs, examples 2k and 2k+1 that differ only in
+the pronoun's gender, whose predictions agree); the rest accuracy.
 
-Mixtures `super_glue_v102_proportional` and `super_glue_v102_proportional_taskless` (T5's
-names): the eight training tasks (WSC as wsc.fixed), sampled in proportion to their
-training examples, each rate capped at MIXING_RATE_CAP (T5's examples-proportional mixing).
+Mixtures `super_glue_v102_examples_proportional` and its `_taskless` twin: the eight training
+tasks (WSC as wsc.fixed), sampled in proportion to their training examples, each rate capped
+at MIXING_RATE_CAP (T5's examples-proportional mixing; no rate reaches the cap). They are not
+T5's `super_glue_v102_proportional`, hence the other name: T5's trains WSC as
+`super_glue_wsc_v102_simple_train` (259 examples: the referent's text as target) plus DPR
+(`dpr_v001_simple`, 1,322), neither registered here, weights ReCoRD 138,854 (one example per
+answer) where this counts its 100,730 queries, and lists the eval-only AX-b, AX-g and
+`super_glue_wsc_v102_simple_eval` at rate 0.
 Locations: see `tasks/tfds_tasks.py`.
 """
 
@@ -33,6 +38,7 @@ SPLITS = ('train', 'validation', 'test')
 BINARY = ('False', 'True')
 ENTAILMENT = ('entailment', 'not_entailment')
 NLI = (('hypothesis', 'hypothesis'), ('premise', 'premise'))
+MIXTURE = 'super_glue_v102_examples_proportional'
 MIXING_RATE_CAP = 2**19
 # Training examples per mixture task (TFDS super_glue 1.0.2 train splits; ReCoRD counts
 # queries, MultiRC answer options).
@@ -98,7 +104,7 @@ def _register(taskless: bool):
         text_formats.wsc(prefix('wsc')), postprocessors.label_to_id(BINARY),
         (metrics.accuracy,), BINARY)
   seqio.MixtureRegistry.add(
-      'super_glue_v102_proportional' + (tfds_tasks.TASKLESS_SUFFIX if taskless else ''),
+      MIXTURE + (tfds_tasks.TASKLESS_SUFFIX if taskless else ''),
       [(task_name(config, taskless), min(count, MIXING_RATE_CAP))
        for config, count in TRAIN_EXAMPLES.items()])
 

@@ -1,7 +1,7 @@
-"""Files the tests read from outside the repository."""
+"""Files the tests read, all inside the repository."""
 
 import os
 
-# The real 32k T5 SentencePiece vocabulary, shipped beside the repository in shared/.
-VOCAB_PATH = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 't5_vocab',
+# The real 32k T5 SentencePiece vocabulary (Apache-2.0; see tests/data/t5_vocab/NOTICE).
+VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 't5_vocab',
                           'sentencepiece.model')

@@ -78,7 +78,7 @@ def test_record_scores_each_query_once_with_its_best_answer():
   # Query 1: 'obama' equals the normalised 'Obama': EM 1, F1 1 (its copy is not counted).
   # Query 2: 'york' vs 'new york city': EM 0, F1 = 2 * (1/1 * 1/3) / (1 + 1/3) = 0.5.
   assert metrics.record_exact_match_and_f1(targets, predictions) == pytest.approx(
-      {'exact_match': 50.0, 'f1': 75.0})
+      {'em': 50.0, 'f1': 75.0})
 
 
 def test_metrics_refuse_mismatched_lengths():
