@@ -193,7 +193,8 @@ def configured_main(configured: Callable[[], Any]) -> Callable[[Sequence[str]], 
     del argv
     distributed.initialize_from_flags()  # Before any other JAX call.
     parse_flags()
-    configured()
+    with distributed.reporting_lost_processes():  # A lost host: one line, not a native abort.
+      configured()
 
   return main
 

@@ -1,7 +1,9 @@
 """Several hosts, for real: two processes on this machine (CPU, gloo collectives, 2 devices
-each) train together and end with the prompt one process with 4 devices gets."""
+each) train together and end with the prompt one process with 4 devices gets; when one is
+killed, the other stops with one line."""
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -115,7 +117,119 @@ def test_a_cloud_tpu_vm_joins_its_pod_without_flags(monkeypatch):
   monkeypatch.setattr(distributed.jax.distributed, 'initialize',
                       lambda *args, **kwargs: calls.append((args, kwargs)))
   distributed.initialize(timeout_s=30)
-  assert calls == [((None, None, None), {'initialization_timeout': 90})]
+  assert calls == [((None, None, None), {'initialization_timeout': 90,
+                                         'heartbeat_timeout_seconds': 210})]
   monkeypatch.setattr(distributed, 'on_cloud_tpu_vm', lambda: False)
   distributed.initialize()  # One process: nothing to join.
   assert len(calls) == 1
+
+
+def _wait_for(condition, processes, timeout_s: float) -> None:
+  """Polls `condition` until it holds; fails if a process ends or `timeout_s` passes first."""
+  deadline = time.time() + timeout_s
+  while not condition():
+    for process in processes:
+      if process.poll() is not None:
+        _, stderr = process.communicate()
+        pytest.fail(f'a process ended early (status {process.returncode}): {stderr[-3000:]}')
+    if time.time() > deadline:
+      pytest.fail(f'nothing after {timeout_s} s')
+    time.sleep(0.2)
+
+
+def test_a_lost_host_is_one_line_on_the_survivor(tmp_path):
+  """SIGKILL one of two processes mid-training: the other stops within seconds, its last line
+  naming the lost process and the last checkpoint saved; no traceback, no native abort."""
+  (tmp_path / 'data').mkdir()
+  multihost_task.write_files(str(tmp_path / 'data'))
+  model_dir = tmp_path / 'run'
+  address = f'localhost:{_free_port()}'
+  hosts = [_start(tmp_path, model_dir, 2, f'--coordinator_address={address}', '--process_count=2',
+                  f'--process_index={index}', '--gin.TRAIN_STEPS=100000',
+                  '--gin.CHECKPOINT_PERIOD=2', '--heartbeat_timeout=3') for index in (0, 1)]
+  try:
+    _wait_for(lambda: (model_dir / 'checkpoints' / '2').is_dir(), hosts, timeout_s=400)
+    hosts[1].kill()  # SIGKILL: no chance to say goodbye.
+    killed = time.time()
+    _, stderr = hosts[0].communicate(timeout=120)
+    seconds = time.time() - killed
+  finally:
+    for host in hosts:
+      host.kill()
+      host.communicate()
+  assert hosts[0].returncode == 1, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  found = re.fullmatch(r'error: lost process 1 of 2 \(its host stopped answering\); the last '
+                       r'checkpoint saved is step (\d+) in (.+); relaunch every host to resume\.',
+                       last)
+  assert found, stderr[-3000:]
+  saved = [int(name) for name in os.listdir(model_dir / 'checkpoints') if name.isdigit()]
+  assert int(found[1]) == max(saved) >= 2 and found[2] == str(model_dir / 'checkpoints')
+  for marker in ('Traceback', '*** ', 'Check failure', 'Fatal Python error'):
+    assert marker not in stderr, stderr[-3000:]
+  assert [line.startswith('error:') for line in stderr.splitlines()].count(True) == 1
+  assert seconds < 30
+
+
+class _KeyValueStore:
+  """The coordination service's key-value calls that `ProcessWatch` makes."""
+
+  def __init__(self):
+    self.values = {}
+
+  def key_value_increment(self, key, increment):
+    self.values[key] = str(int(self.values.get(key, 0)) + increment)
+
+  def key_value_set(self, key, value):
+    self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    return [(key, value) for key, value in self.values.items() if key.startswith(prefix)]
+
+
+def test_a_silent_process_is_lost_after_the_heartbeat_timeout():
+  now = [0.0]
+  store = _KeyValueStore()
+  watches = [distributed.ProcessWatch(store, index, 3, timeout_s=10, clock=lambda: now[0])
+             for index in range(3)]
+  for _ in range(3):  # Everyone beats.
+    now[0] += 4
+    assert not any(watch.check() for watch in watches)
+  watches[2].finish()  # Done: not lost, however long it is silent.
+  for _ in range(3):  # Process 1 is silent from here on.
+    now[0] += 4
+    assert watches[0].check() == []
+  now[0] += 4
+  assert watches[0].check() == [1]
+
+
+def test_a_lost_process_is_one_line_and_exit_status_1(tmp_path, monkeypatch, capsys):
+  (tmp_path / '4').mkdir()
+  (tmp_path / '6.orbax-checkpoint-tmp-1').mkdir()  # An unfinished save does not count.
+  monkeypatch.setattr(distributed, '_checkpoints_directory', str(tmp_path))
+  exits, store = [], _KeyValueStore()
+  distributed.ProcessWatch(store, 1, 2, timeout_s=10, exit_process=exits.append).lost(None)
+  assert exits == [1]
+  assert capsys.readouterr().err == (
+      f'error: lost process 0 of 2 (its host stopped answering); the last checkpoint saved is '
+      f'step 4 in {tmp_path}; relaunch every host to resume.\n')
+  assert 'prompt_tuning/watch/left/1' in store.values  # Process 0 waits for it.
+
+
+@pytest.mark.parametrize('error,lost', [
+    (ValueError('UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/pair.cc:547] '
+                'Connection closed by peer [127.0.0.1]:62103'), True),
+    (ValueError('UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/pair.cc:538] '
+                'Read error [127.0.0.1]:27537: Connection reset by peer'), True),
+    (OSError('[Errno 104] Connection reset by peer'), False),  # E.g. reading gs://.
+    (ValueError('bad learning rate'), False),
+])
+def test_errors_that_mean_a_lost_process(error, lost):
+  assert distributed.is_lost_process_error(error) is lost
+  try:
+    try:
+      raise error
+    except Exception as e:
+      raise TimeoutError('Timed out while waiting for async_write_complete barrier.') from e
+  except TimeoutError as wrapped:
+    assert distributed.is_lost_process_error(wrapped) is lost  # orbax wraps it.
