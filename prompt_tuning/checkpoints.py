@@ -7,6 +7,7 @@ to a temporary folder and renames it when complete, so a run killed mid-save res
 from the previous complete step.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -21,6 +22,7 @@ from etils import epath
 from flax import traverse_util
 
 from prompt_tuning import trainer
+from prompt_tuning import write_errors
 
 Params = Any
 
@@ -114,13 +116,48 @@ class RunCheckpoints:
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
 
+  save_failed = False  # Set once a failed save was reported: `close` adds no second error.
+
   def save(self, state: trainer.TrainState, meta: dict, metrics: Optional[dict] = None):
+    """Starts saving `state` at its step; orbax finishes writing in the background. A
+    failed write, of this step or of the previous one still in flight, raises
+    `write_errors.CheckpointSaveError` (one line) after deleting the half-written step."""
     step = int(state.step)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if step not in self.latest.all_steps():
-      self.latest.save(step, args=args)
+      self._saving(self.latest, step, lambda: self.latest.save(step, args=args))
     if self.best and metrics and self.config.best_metric in metrics:
-      self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()})
+      self._saving(self.best, step, lambda: self.best.save(
+          step, args=args, metrics={k: float(v) for k, v in metrics.items()}))
+
+  def _saving(self, manager: ocp.CheckpointManager, step: int, start) -> None:
+    """Waits for `manager`'s save in flight, then calls `start`; either failing is one line."""
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # Only failed writes change.
+      self._raise_save_error(manager, None, e)
+    try:
+      start()
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_save_error(manager, step, e)
+
+  def _raise_save_error(self, manager: ocp.CheckpointManager, step: Optional[int],
+                        error: Exception):
+    """Deletes the half-written step (process 0), then raises the one-line error for a
+    failed write (naming the step, from its folder if not given), or `error` itself."""
+    partial = []
+    if jax.process_index() == 0:
+      with contextlib.suppress(OSError):  # The error to report is `error`.
+        partial = write_errors.remove_partial_saves(manager.directory)
+    self.latest.reload()
+    if step is None and partial:
+      step = max(partial)
+    clear = write_errors.checkpoint_save_error(step, manager.directory, error,
+                                               self.latest.latest_step())
+    self.save_failed = True
+    if clear is None:
+      raise error
+    raise clear from error
 
   def read_meta(self, step: int) -> dict:
     return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -139,10 +176,22 @@ class RunCheckpoints:
                        'optimizer it was trained with, or use a new MODEL_DIR.') from None
 
   def close(self):
+    """Waits for the saves in flight and closes; a failed one raises as in `save`, unless
+    `save` already raised one (then this only cleans up)."""
+    reported, error = self.save_failed, None
     for manager in (self.latest, self.best):
-      if manager:
-        manager.wait_until_finished()
+      if not manager:
+        continue
+      try:
+        try:
+          manager.wait_until_finished()
+        except Exception as e:  # pylint: disable=broad-except  # Only failed writes change.
+          self._raise_save_error(manager, None, e)
         manager.close()
+      except Exception as e:  # pylint: disable=broad-except  # Close the other one too.
+        error = error or e
+    if error is not None and not reported:
+      raise error
 
 
 def trainable_shapes(trainable: Params) -> dict[str, list[int]]:

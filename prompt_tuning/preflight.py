@@ -63,5 +63,7 @@ def check_writable(model_dir: str) -> None:
                      'directory; choose another MODEL_DIR.')
   if not os.access(existing, os.W_OK | os.X_OK):
     what = 'MODEL_DIR' if existing == path else f'its parent {existing}'
-    raise ValueError(f'MODEL_DIR {model_dir} is not writable ({what} is read-only for this '
-                     'user); choose a writable MODEL_DIR.')
+    why = ('is on a read-only file system' if os.statvfs(existing).f_flag & os.ST_RDONLY
+           else 'is read-only for this user')
+    raise ValueError(f'MODEL_DIR {model_dir} is not writable ({what} {why}); choose a '
+                     'writable MODEL_DIR.')

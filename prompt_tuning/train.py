@@ -24,14 +24,17 @@ import jax
 
 from prompt_tuning import checkpoints
 from prompt_tuning import data
+from prompt_tuning import distributed
 from prompt_tuning import evaluation
 from prompt_tuning import gin_config
 from prompt_tuning import partitioning
 from prompt_tuning import preflight
 from prompt_tuning import preemption
 from prompt_tuning import progress
+from prompt_tuning import run_lock
 from prompt_tuning import runs
 from prompt_tuning import trainer
+from prompt_tuning import write_errors
 
 
 @gin.configurable
@@ -55,20 +58,23 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
       print(f'MODEL_DIR {setup.model_dir} already holds step {start_step} = TRAIN_STEPS: '
             'nothing to train (raise TRAIN_STEPS to continue).')
       return {}
-    run.checkpoints.make_directories()
-    record_config(setup.model_dir, start_step)
-    report = progress.Progress(setup.model_dir, start_step, train_steps, train_data.batch_size,
-                               jax.process_index() == 0)
-    try:
-      eval_metrics = train_loop(setup.model_dir, run, train_steps, train_data, evaluator,
-                                checkpoint, report, watch)
-    finally:
-      run.checkpoints.close()
-      report.close()
-  exported = export(setup.model_dir, run)
-  if jax.process_index() == 0:
-    report.plot(checkpoints.as_path(setup.model_dir) / 'learning_curve.png')
-    print(summary(setup.model_dir, exported, run, report, start_step, time.time() - started))
+    # One writer per MODEL_DIR until train ends; a failed write is one line naming its path.
+    with run_lock.hold(setup.model_dir), write_errors.naming(setup.model_dir):
+      run.checkpoints.make_directories()
+      record_config(setup.model_dir, start_step)
+      report = progress.Progress(setup.model_dir, start_step, train_steps,
+                                 train_data.batch_size, jax.process_index() == 0)
+      try:
+        eval_metrics = train_loop(setup.model_dir, run, train_steps, train_data, evaluator,
+                                  checkpoint, report, watch)
+      finally:
+        run.checkpoints.close()
+        report.close()
+      exported = export(setup.model_dir, run)
+      if jax.process_index() == 0:
+        report.plot(checkpoints.as_path(setup.model_dir) / 'learning_curve.png')
+        print(summary(setup.model_dir, exported, run, report, start_step,
+                      time.time() - started))
   return eval_metrics
 
 
@@ -194,6 +200,7 @@ def save_checkpoint(run: runs.PreparedRun, step: int, eval_metrics: Optional[dic
   meta = {'step': step, 'data_position': step, 'frozen': run.frozen_record,
           'trainable_shapes': checkpoints.trainable_shapes(run.state.trainable)}
   run.checkpoints.save(run.state, meta, eval_metrics)
+  distributed.note_checkpoints(run.checkpoints.directories[0])  # For a lost host's message.
 
 
 def summary(model_dir: str, exported: list[str], run: runs.PreparedRun,

@@ -28,7 +28,10 @@ def environment(num_devices: int = 1) -> dict[str, str]:
   """The test's environment for a child process with `num_devices` CPU devices that can
   import the test task modules."""
   xla_flags = f'--xla_force_host_platform_device_count={num_devices}' if num_devices > 1 else ''
-  return {**os.environ, 'PYTHONPATH': TESTS, 'XLA_FLAGS': xla_flags, 'JAX_PLATFORMS': 'cpu'}
+  # TensorFlow's imports in this process set TF_CPP_MIN_LOG_LEVEL=1, which a user's shell
+  # does not have (and which changes what TensorFlow's C++ side logs at start-up).
+  inherited = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  return {**inherited, 'PYTHONPATH': TESTS, 'XLA_FLAGS': xla_flags, 'JAX_PLATFORMS': 'cpu'}
 
 
 def command(module: str, run_file: str | None, *args: str) -> list[str]:
