@@ -4,6 +4,11 @@ Batches are dicts of `[B, L]` / `[B, T]` int arrays as produced by seqio's
 `EncDecFeatureConverter`: `encoder_input_tokens`, `decoder_input_tokens`,
 `decoder_target_tokens` and `decoder_loss_weights`. Nothing here knows about meshes,
 files or which parameters are trained.
+
+One frozen model serves many tasks at once: `logits`, `score_batch` and `predict_batch`
+take a `prompts.PromptTable` `[N, P_max, E]` and read each example's row from
+`batch['prompt_ids']` `[B]` (the model must be built with `prompt_length=0`). The rows
+are gathered inside the computation, so one jit serves every mix of tasks.
 """
 
 import functools
@@ -18,6 +23,7 @@ import numpy as np
 from prompt_tuning import decoding
 from prompt_tuning import initializers
 from prompt_tuning import network
+from prompt_tuning import prompts
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -69,12 +75,14 @@ class EncoderDecoderModel:
                            batch['decoder_target_tokens'])
     return nn.get_partition_spec(boxed)['params']
 
-  def logits(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None) -> Array:
+  def logits(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None,
+             prompt_table: Optional[prompts.PromptTable] = None) -> Array:
     """Teacher-forced logits [B, T, V]; dropout is on iff `dropout_rng` is given."""
     rngs = None if dropout_rng is None else {'dropout': dropout_rng}
     return self.module.apply({'params': params}, batch['encoder_input_tokens'],
                              batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                             enable_dropout=dropout_rng is not None, rngs=rngs)
+                             enable_dropout=dropout_rng is not None, rngs=rngs,
+                             **_table_prompts(batch, prompt_table))
 
   def loss_fn(self, params: Params, batch: Batch,
               dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
@@ -89,9 +97,10 @@ class EncoderDecoderModel:
     return loss, {'loss': loss, 'z_loss': jnp.sum(z_term * weights) / num_tokens,
                   'accuracy': correct.sum() / num_tokens, 'num_tokens': weights.sum()}
 
-  def score_batch(self, params: Params, batch: Batch) -> Array:
+  def score_batch(self, params: Params, batch: Batch,
+                  prompt_table: Optional[prompts.PromptTable] = None) -> Array:
     """Per-example sum of target-token log-probabilities [B] (for rank classification)."""
-    logits = self.logits(params, batch)
+    logits = self.logits(params, batch, prompt_table=prompt_table)
     targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights', targets > 0)
     log_probs = jax.nn.log_softmax(logits)
@@ -99,14 +108,16 @@ class EncoderDecoderModel:
     return jnp.sum(token_log_probs * weights, axis=-1)
 
   def predict_batch(self, params: Params, batch: Batch, rng: Optional[Array] = None,
-                    max_decode_length: Optional[int] = None) -> tuple[Array, Array]:
+                    max_decode_length: Optional[int] = None,
+                    prompt_table: Optional[prompts.PromptTable] = None) -> tuple[Array, Array]:
     """Decodes with `decode_fn` over the KV cache: (tokens [B, T], scores [B]).
 
     T defaults to the batch's target length; tokens end with EOS then zeros.
     """
     tokens = batch['encoder_input_tokens']
     length = max_decode_length or batch['decoder_target_tokens'].shape[1]
-    encoded, encoder_mask = self.module.apply({'params': params}, tokens, method='encode')
+    encoded, encoder_mask = self.module.apply({'params': params}, tokens, method='encode',
+                                              **_table_prompts(batch, prompt_table))
     decode = functools.partial(self.module.apply, method='decode', decode=True,
                                max_decode_length=length, mutable=['cache'])
     start = jnp.zeros((tokens.shape[0], 1), jnp.int32)
@@ -118,6 +129,15 @@ class EncoderDecoderModel:
 
     return self.decode_fn(tokens_to_logits, variables['cache'], batch_size=tokens.shape[0],
                           max_decode_length=length, rng=rng)
+
+
+def _table_prompts(batch: Batch, prompt_table: Optional[prompts.PromptTable]) -> dict:
+  """The network's prompt-table arguments: the table and `batch['prompt_ids']` [B], or none."""
+  if (prompt_table is not None) != ('prompt_ids' in batch):
+    raise ValueError("batch['prompt_ids'] and prompt_table go together: pass both (a frozen "
+                     'model serving many prompts) or neither (its own prompt).')
+  return {} if prompt_table is None else {'prompt_table': prompt_table,
+                                          'prompt_ids': batch['prompt_ids']}
 
 
 @gin.configurable

@@ -175,21 +175,33 @@ def unstack_layers(params, config: T5Config):
 
 
 class Encoder(nn.Module):
-  """Embeds tokens, prepends the soft prompt (if any), runs the encoder stack."""
+  """Embeds tokens, prepends the soft prompt (if any), runs the encoder stack.
+
+  The prompt is the module's own `prompt` parameter (`prompt_length` > 0) or, for a
+  model built without one, each example's row of a `prompts.PromptTable`.
+  """
   config: T5Config
   embedder: layers.Embed
   prompt_length: int = 0
   prompt_initializer: initializers.PromptInitializer = initializers.uniform()
 
   @nn.compact
-  def __call__(self, tokens: Array, deterministic: bool) -> tuple[Array, Array]:
-    """tokens [B, L] -> (encoded [B, P + L, E], mask [B, P + L])."""
+  def __call__(self, tokens: Array, deterministic: bool,
+               prompt_table: Optional[prompts.PromptTable] = None,
+               prompt_ids: Optional[Array] = None) -> tuple[Array, Array]:
+    """tokens [B, L], prompt_ids [B] (rows of the table) -> (encoded [B, P + L, E],
+    mask [B, P + L]); P is the prompt length, or the table's P_max."""
     cfg = self.config
     x = self.embedder(tokens)
     mask = (tokens > 0).astype(jnp.int32)
-    if self.prompt_length:
-      x, mask = prompts.Prompt(self.prompt_length, self.prompt_initializer, name='prompt')(
-          x, mask, self.embedder.embedding)
+    if prompt_table is not None:
+      if self.prompt_length:
+        raise ValueError(f'this model has its own prompt (prompt_length={self.prompt_length}); '
+                         'build it with prompt_length=0 to run a prompt_table.')
+      x, mask = prompts.prefix(*prompt_table.select(prompt_ids), x, mask)
+    elif self.prompt_length:
+      prompt = prompts.Prompt(self.prompt_length, self.prompt_initializer, name='prompt')
+      x, mask = prompts.prefix(*prompt(tokens.shape[0], self.embedder.embedding), x, mask)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     x = dropout(x, deterministic=deterministic)
@@ -268,9 +280,13 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder, self.prompt_length, self.prompt_initializer)
     self.decoder = Decoder(cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False):
-    """[B, L] -> (encoded [B, P + L, E], encoder mask [B, P + L])."""
-    return self.encoder(encoder_input_tokens, deterministic=not enable_dropout)
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
+             prompt_table: Optional[prompts.PromptTable] = None,
+             prompt_ids: Optional[Array] = None):
+    """[B, L] (and prompt_ids [B] into prompt_table) -> (encoded [B, P + L, E],
+    encoder mask [B, P + L])."""
+    return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
+                        prompt_table=prompt_table, prompt_ids=prompt_ids)
 
   def decode(self, encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens=None,
              enable_dropout: bool = False, decode: bool = False,
@@ -282,9 +298,12 @@ class Transformer(nn.Module):
                         max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Optional[Array] = None,
-               enable_dropout: bool = False) -> Array:
-    """Teacher-forced logits [B, T, V] for encoder tokens [B, L] and decoder tokens [B, T]."""
-    encoded, encoder_mask = self.encode(encoder_input_tokens, enable_dropout)
+               decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
+               prompt_table: Optional[prompts.PromptTable] = None,
+               prompt_ids: Optional[Array] = None) -> Array:
+    """Teacher-forced logits [B, T, V] for encoder tokens [B, L] and decoder tokens [B, T];
+    see `encode` for the prompt table."""
+    encoded, encoder_mask = self.encode(encoder_input_tokens, enable_dropout, prompt_table,
+                                        prompt_ids)
     return self.decode(encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens,
                        enable_dropout)

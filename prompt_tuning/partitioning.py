@@ -26,6 +26,7 @@ LOGICAL_AXIS_RULES = (
     ('relpos_buckets', None),
     ('prompt', None),
     ('layers', None),  # The stacked axis of `scan_layers` parameters.
+    ('prompts', None),  # The N prompts of a `prompts.PromptTable` (replicated, like a prompt).
 )
 
 
