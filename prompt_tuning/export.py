@@ -65,14 +65,20 @@ def export_hf(checkpoint: str, output: str) -> None:
   """The gin model's weights read from `checkpoint` (any kind) on one device, written in HF
   layout."""
   model = models.build_model()
+  params = initial_checkpoint.load_params(checkpoint, frozen_on_one_device(model))
+  hf_checkpoint.save(output, params, model.module.config)
+
+
+def frozen_on_one_device(model: models.EncoderDecoderModel):
+  """The abstract frozen weights of `model` (its parameters without the prompt), as
+  `jax.ShapeDtypeStruct`s on the first device: what `initial_checkpoint.load_params` fills."""
   shapes = {name: jax.ShapeDtypeStruct((1, 1), jnp.int32) for name in
             ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           jax.eval_shape(model.init, jax.random.PRNGKey(0), shapes))
-  abstract['encoder'].pop('prompt', None)  # Frozen weights only.
-  params = initial_checkpoint.load_params(checkpoint, abstract)
-  hf_checkpoint.save(output, params, model.module.config)
+  abstract['encoder'].pop('prompt', None)
+  return abstract
 
 
 def model_tuning_params(model_dir: str) -> str:

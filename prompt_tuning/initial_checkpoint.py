@@ -40,6 +40,7 @@ def _exists(path: str) -> bool:
 
 def checkpoint_kind(path: str) -> tuple[str, str]:
   """(kind, the directory to read): kind is one of `KINDS`; a clear error for anything else."""
+  path = str(checkpoints.as_path(path))  # Orbax reads absolute paths only.
   has = lambda name: _exists(posixpath.join(path, name))
   orbax_markers = ('_METADATA', '_CHECKPOINT_METADATA', 'checkpoint')
   if has(hf_checkpoint.CONFIG):

@@ -13,6 +13,7 @@ step and exits with status 143; the same command resumes. On several hosts, star
 each (see `distributed.py`); MODEL_DIR may be a `gs://` URL.
 """
 
+import json
 import math
 import os
 import re
@@ -27,6 +28,7 @@ from prompt_tuning import data
 from prompt_tuning import distributed
 from prompt_tuning import evaluation
 from prompt_tuning import gin_config
+from prompt_tuning import labels
 from prompt_tuning import partitioning
 from prompt_tuning import preflight
 from prompt_tuning import preemption
@@ -70,7 +72,7 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
       finally:
         run.checkpoints.close()
         report.close()
-      exported = export(setup.model_dir, run)
+      exported = export(setup.model_dir, run, train_data.mixture_or_task_name, eval_metrics)
       if jax.process_index() == 0:
         report.plot(checkpoints.as_path(setup.model_dir) / 'learning_curve.png')
         print(summary(setup.model_dir, exported, run, report, start_step,
@@ -225,15 +227,32 @@ def summary(model_dir: str, exported: list[str], run: runs.PreparedRun,
   return '\n'.join(lines)
 
 
-def export(model_dir: str, run: runs.PreparedRun) -> list[str]:
-  """Writes `prompt.npy` for a prompt (process 0) and `params/` (our format, every process
-  writes its shards) when model weights were trained; returns the names written."""
+def export(model_dir: str, run: runs.PreparedRun, task: str,
+           eval_metrics: dict[str, float]) -> list[str]:
+  """Writes `prompt.npy` and its record `prompt.json` for a prompt (process 0) and
+  `params/` (our format, every process writes its shards) when model weights were trained;
+  returns the names written.
+
+  The record says which frozen weights the prompt `[P, E]` was trained on, and for what
+  (`prompt_bank` reads it): the frozen weights' fingerprint and path, the training task,
+  P, E, the task's label words (or null), the step, and the last eval metrics (empty if
+  none ran).
+  """
   trained = checkpoints.trainable_shapes(run.state.trainable)
   exported = []
   if 'encoder/prompt/prompt' in trained:
     if jax.process_index() == 0:
       checkpoints.export_prompt(run.state.trainable, os.path.join(model_dir, 'prompt.npy'))
-    exported.append('prompt.npy')
+      length, width = trained['encoder/prompt/prompt']
+      label_words = labels.labels_of(task)
+      record = {'frozen_fingerprint': run.frozen_record['fingerprint'],
+                'frozen_path': run.frozen_record['path'], 'task': task,
+                'prompt_length': length, 'embed_dim': width,
+                'label_words': list(label_words) if label_words else None,
+                'step': int(run.state.step),
+                'eval_metrics': {name: float(value) for name, value in eval_metrics.items()}}
+      (checkpoints.as_path(model_dir) / 'prompt.json').write_text(json.dumps(record, indent=2))
+    exported += ['prompt.npy', 'prompt.json']
   if any(not path.startswith('encoder/prompt/') for path in trained):
     checkpoints.save_params(os.path.join(model_dir, 'params'),
                             trainer.merge_params(run.state.trainable, run.frozen))

@@ -1,0 +1,185 @@
+"""A prompt bank: named prompts checked against one frozen model, served as one table.
+
+    bank = prompt_bank.PromptBank(fingerprint, embed_dim,
+                                  ['sst2=/runs/sst2', 'rte=/runs/rte@3000', 'cb=/adapters/cb'])
+    table = bank.table()  # prompts.PromptTable: [N, P_max, E], row i holds bank.names[i].
+    batch['prompt_ids'] = bank.ids(['rte', 'sst2', 'rte'])  # [B] int32.
+
+A spec `NAME=PATH` or `NAME=PATH@STEP` names one prompt `[P, E]` and where it is:
+
+- a run directory (MODEL_DIR): its `prompt.npy` and record `prompt.json` (`train.export`
+  writes both); with `@STEP`, the prompt of checkpoint STEP and the frozen weights of its
+  meta (a gs:// run loads this way), the record's other fields unknown (null);
+- a `.npy` file `DIR/X.npy`, with the record `DIR/X.json` beside it if there is one;
+- a PEFT prompt-tuning adapter directory, with the record `prompt.json` in it if there is one.
+
+A record (JSON) holds `RECORD_FIELDS`: the frozen weights' fingerprint and path, the
+training task, `prompt_length` P, `embed_dim` E, the task's label words, the step and the
+last eval metrics. The bank refuses a prompt trained on other frozen weights (another
+fingerprint) or of another width E. A prompt without a record is unverified: nothing says
+which weights it fits, so it loads only with `allow_unverified=True`.
+"""
+
+import dataclasses
+import json
+import os
+import re
+from typing import Optional, Sequence
+
+import numpy as np
+
+from prompt_tuning import checkpoints
+from prompt_tuning import export
+from prompt_tuning import prompt_formats
+from prompt_tuning import prompts
+
+RECORD = 'prompt.json'  # The record in a run directory or a PEFT adapter directory.
+RECORD_FIELDS = ('frozen_fingerprint', 'frozen_path', 'task', 'prompt_length', 'embed_dim',
+                 'label_words', 'step', 'eval_metrics')
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSpec:
+  """One prompt to load: its name, where it is and, for a run directory, a checkpoint step."""
+  name: str
+  path: str
+  step: Optional[int] = None
+
+
+def parse_spec(spec: str) -> PromptSpec:
+  """'NAME=PATH' or 'NAME=PATH@STEP' -> a `PromptSpec` (NAME: letters, digits, `_.-`)."""
+  name, equals, location = spec.partition('=')
+  path, at, step = location.rpartition('@') if '@' in location else (location, '', '')
+  if not (equals and re.fullmatch(r'[\w.-]+', name) and path and (not at or step.isdigit())):
+    raise ValueError(f'prompt spec {spec!r} is not NAME=PATH or NAME=PATH@STEP (NAME of letters, '
+                     'digits, _ . -; STEP a checkpoint step); write e.g. sst2=/runs/sst2@300.')
+  return PromptSpec(name, path, int(step) if at else None)
+
+
+def load(spec: PromptSpec, allow_unverified: bool = False) -> tuple[np.ndarray, dict]:
+  """(the prompt [P, E] float32, its record: every field of `RECORD_FIELDS`, null where
+  unknown). A prompt without a record is refused unless `allow_unverified`."""
+  if spec.step is not None:
+    prompt = np.asarray(export.run_prompt(spec.path, spec.step), np.float32)
+    run_checkpoints = checkpoints.RunCheckpoints(spec.path)
+    try:
+      meta = run_checkpoints.read_meta(spec.step)
+    finally:
+      run_checkpoints.close()
+    return prompt, _complete({'frozen_fingerprint': meta['frozen']['fingerprint'],
+                              'frozen_path': meta['frozen']['path'], 'step': meta['step']},
+                             prompt)
+  if not os.path.exists(spec.path):
+    raise FileNotFoundError(f'prompt {spec.name}: {spec.path} does not exist; pass a run '
+                            'directory, a .npy file or a PEFT adapter (a gs:// run: PATH@STEP).')
+  if os.path.isfile(os.path.join(spec.path, prompt_formats.CONFIG)):
+    prompt, record_path = prompt_formats.load_peft(spec.path), os.path.join(spec.path, RECORD)
+  elif os.path.isdir(spec.path):
+    if not os.path.isfile(os.path.join(spec.path, 'prompt.npy')):
+      raise FileNotFoundError(f'prompt {spec.name}: run directory {spec.path} has no prompt.npy '
+                              f'(not finished?); load a checkpoint with {spec.name}='
+                              f'{spec.path}@STEP.')
+    prompt = prompt_formats.load_npy(os.path.join(spec.path, 'prompt.npy'))
+    record_path = os.path.join(spec.path, RECORD)
+  else:
+    prompt = prompt_formats.load_npy(spec.path)
+    record_path = os.path.splitext(spec.path)[0] + '.json'
+  prompt = np.asarray(prompt, np.float32)
+  if os.path.isfile(record_path):
+    return prompt, _complete(_read_record(record_path, prompt), prompt)
+  if not allow_unverified:
+    raise ValueError(f'prompt {spec.name} ({spec.path}) has no record {record_path} naming the '
+                     'frozen weights it was trained on; load its run directory or NAME=MODEL_DIR'
+                     '@STEP, or pass allow_unverified=True if you know it fits.')
+  return prompt, _complete({}, prompt)
+
+
+def _read_record(path: str, prompt: np.ndarray) -> dict:
+  """The record at `path`, refused unless it is a JSON object with a frozen fingerprint that
+  describes `prompt` [P, E]."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'prompt record {path} is not JSON ({e.msg}, line {e.lineno}); rewrite it '
+                     'or remove it.') from None
+  if not isinstance(record, dict) or not record.get('frozen_fingerprint'):
+    raise ValueError(f'prompt record {path} has no frozen_fingerprint; rewrite it with the '
+                     f'fields {list(RECORD_FIELDS)} or remove it.')
+  described = [record.get('prompt_length', len(prompt)), record.get('embed_dim', prompt.shape[1])]
+  if described != list(prompt.shape):
+    raise ValueError(f'prompt record {path} describes a {described} prompt but its prompt is '
+                     f'{list(prompt.shape)}; it belongs to another prompt: rewrite or remove it.')
+  return record
+
+
+def _complete(record: dict, prompt: np.ndarray) -> dict:
+  """`record` with every field of `RECORD_FIELDS` (null if missing) and the shape of `prompt`."""
+  return {**dict.fromkeys(RECORD_FIELDS), **record, 'prompt_length': prompt.shape[0],
+          'embed_dim': prompt.shape[1]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A loaded prompt: where it came from, the prompt [P, E] float32 and its record."""
+  spec: PromptSpec
+  prompt: np.ndarray
+  record: dict
+
+
+class PromptBank:
+  """Named prompts [P_i, E] for the frozen weights with fingerprint `frozen_fingerprint` and
+  embedding width `embed_dim` (E), in the order added: row i of `table()` is `names[i]`."""
+
+  def __init__(self, frozen_fingerprint: str, embed_dim: int,
+               specs: Sequence[str | PromptSpec] = (), allow_unverified: bool = False):
+    self.frozen_fingerprint, self.embed_dim = frozen_fingerprint, embed_dim
+    self._entries: dict[str, Entry] = {}
+    for spec in specs:
+      self.add(spec, allow_unverified)
+
+  def add(self, spec: str | PromptSpec, allow_unverified: bool = False) -> None:
+    """Loads `spec` ('NAME=PATH', 'NAME=PATH@STEP' or a `PromptSpec`); refuses, in one line,
+    a name already loaded, a prompt of other frozen weights or of another width."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.name in self._entries:
+      raise ValueError(f'prompt name {spec.name} is given twice '
+                       f'({self._entries[spec.name].spec.path} and {spec.path}); give each '
+                       'prompt its own NAME.')
+    prompt, record = load(spec, allow_unverified)
+    fingerprint = record['frozen_fingerprint']
+    if fingerprint is not None and fingerprint != self.frozen_fingerprint:
+      raise ValueError(f'prompt {spec.name} ({spec.path}) was trained on frozen weights '
+                       f'{fingerprint} ({record["frozen_path"]}) but these are '
+                       f'{self.frozen_fingerprint}; serve it with the weights it was trained on, '
+                       'or train it on these.')
+    if record['embed_dim'] != self.embed_dim:
+      raise ValueError(f'prompt {spec.name} ({spec.path}) has width {record["embed_dim"]} but the '
+                       f'frozen model embeds in {self.embed_dim}; use a prompt of this model.')
+    self._entries[spec.name] = Entry(spec, prompt, record)
+
+  @property
+  def names(self) -> list[str]:
+    return list(self._entries)
+
+  def record(self, name: str) -> dict:
+    """The record of prompt `name` (every field of `RECORD_FIELDS`, null where unknown)."""
+    self._check_known([name])
+    return dict(self._entries[name].record)
+
+  def table(self) -> prompts.PromptTable:
+    """All prompts as a `prompts.PromptTable`: [N, P_max, E], each left-padded to P_max."""
+    if not self._entries:
+      raise ValueError('the prompt bank holds no prompts; add one with add("NAME=PATH").')
+    return prompts.pad_prompts([entry.prompt for entry in self._entries.values()])
+
+  def ids(self, names: Sequence[str]) -> np.ndarray:
+    """Each example's prompt name [B] -> its row of `table()`, `prompt_ids` [B] int32."""
+    self._check_known(names)
+    rows = {name: row for row, name in enumerate(self._entries)}
+    return np.array([rows[name] for name in names], np.int32)
+
+  def _check_known(self, names: Sequence[str]) -> None:
+    unknown = sorted(set(names) - self._entries.keys())
+    if unknown:
+      raise ValueError(f'unknown prompt name(s) {unknown}; the bank holds {self.names}.')
