@@ -96,6 +96,7 @@ class RunCheckpoints:
 
   def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
     self.config = config
+    self.save_failed = False  # Set once a failed save was reported: `close` adds no second.
     self.directories = [as_path(model_dir) / 'checkpoints']
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, create=False)
     self.latest = ocp.CheckpointManager(self.directories[0], options=options,
@@ -115,8 +116,6 @@ class RunCheckpoints:
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
-
-  save_failed = False  # Set once a failed save was reported: `close` adds no second error.
 
   def save(self, state: trainer.TrainState, meta: dict, metrics: Optional[dict] = None):
     """Starts saving `state` at its step; orbax finishes writing in the background. A

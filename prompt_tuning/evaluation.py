@@ -15,6 +15,7 @@ from prompt_tuning import data
 from prompt_tuning import labels
 from prompt_tuning import models
 from prompt_tuning import partitioning
+from prompt_tuning import preflight
 from prompt_tuning import trainer
 
 Params = Any
@@ -68,7 +69,7 @@ class Evaluator:
         eval_split=config.split, sequence_length=dict(config.task_feature_lengths),
         num_examples=config.num_examples, use_memory_cache=True)
     self.batch_sharding = batch_sharding
-    ways = batch_sharding.mesh.shape['data']
+    ways = preflight.data_parallel_size(batch_sharding.mesh)
     self.padded_size = -(-config.batch_size // ways) * ways  # Rounded up to split evenly.
     merged = lambda fn: lambda trainable, frozen, batch: fn(
         trainer.merge_params(trainable, frozen), batch)
