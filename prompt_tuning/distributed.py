@@ -8,6 +8,8 @@
 A host that never joins is a one-line error after `--initialization_timeout` seconds on
 every host that did, instead of a hang.
 
+Process 0 runs the coordination service in a process of its own beside it
+(`coordination_service`), so that losing process 0 is no different from losing any other.
 A host lost mid-run (killed, crashed, unplugged) is one line on every other host, which then
 stops with exit status 1: `error: lost process 1 of 2 (its host stopped answering); the last
 checkpoint saved is step 6 in …; relaunch every host to resume.` A collective that loses its
@@ -29,6 +31,8 @@ from typing import Callable, Iterator, NoReturn, Optional
 from absl import flags
 import jax
 from jax._src import distributed as jax_distributed  # Its client: no public way to reach it.
+
+from prompt_tuning import coordination_service
 
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     'coordinator_address', None, 'HOST:PORT of process 0, for GPU/CPU clusters (TPU pods '
@@ -104,12 +108,29 @@ def initialize(coordinator_address: Optional[str] = None, process_count: Optiona
       sys.stderr.flush()
       os._exit(1)  # pylint: disable=protected-access  # The join blocks the main thread.
 
+  jax_timeout = jax_heartbeat_timeout(heartbeat_timeout_s)
+  service = None
+  if coordinator_address is not None and process_index == 0:
+    # Beside process 0, not in it: its loss is then one line on the others, not an abort.
+    service = coordination_service.ServiceProcess(
+        bind_address(coordinator_address), process_count, jax_timeout,
+        linger_s=2 * heartbeat_timeout_s + 10)
   threading.Thread(target=give_up, daemon=True).start()
-  jax.distributed.initialize(coordinator_address, process_count, process_index,
-                             initialization_timeout=timeout_s + _JAX_DEADLINE_MARGIN_S,
-                             heartbeat_timeout_seconds=jax_heartbeat_timeout(heartbeat_timeout_s))
+  with coordination_service.hosted_elsewhere(service) if service else contextlib.nullcontext():
+    jax.distributed.initialize(coordinator_address, process_count, process_index,
+                               initialization_timeout=timeout_s + _JAX_DEADLINE_MARGIN_S,
+                               heartbeat_timeout_seconds=jax_timeout)
   joined.set()
+  if service:
+    service.joined()
   start_watch(heartbeat_timeout_s)
+
+
+def bind_address(coordinator_address: str) -> str:
+  """Where the coordination service listens: every interface on the coordinator's port, as
+  jax's own service does (JAX_COORDINATOR_BIND_ADDRESS overrides it there too)."""
+  return os.environ.get('JAX_COORDINATOR_BIND_ADDRESS',
+                        '[::]:' + coordinator_address.rsplit(':', 1)[1])
 
 
 def initialize_from_flags() -> None:
@@ -283,8 +304,8 @@ class ProcessWatch:
   def lost(self, processes: Optional[list[int]]) -> NoReturn:
     """Ends this process with `lost_message` (once, whichever thread comes first). `None`:
     a collective failed without saying whose fault; with two processes it is the other one,
-    with more this waits for the watch to name it. Process 0 holds the coordination service,
-    so it leaves last: the others would abort the moment it goes."""
+    with more this waits for the watch to name it. Process 0 leaves last: where it holds the
+    coordination service itself (a TPU pod), the others would abort the moment it goes."""
     if processes is None:
       if self.count == 2:
         processes = [1 - self.index]

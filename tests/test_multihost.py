@@ -110,6 +110,17 @@ def test_inconsistent_flags_are_refused(flags, message):
     distributed.initialize(**flags)
 
 
+def test_a_coordinator_port_in_use_is_one_clear_error():
+  with socket.socket(socket.AF_INET6) as taken:
+    taken.bind(('::', 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with pytest.raises(RuntimeError, match=rf'could not start the coordination service on '
+                       rf'\[::\]:{port} \(.+\); is another run using that port\?'):
+      distributed.initialize(f'localhost:{port}', process_count=2, process_index=0)
+  assert not distributed.jax.distributed.is_initialized()
+
+
 def test_a_cloud_tpu_vm_joins_its_pod_without_flags(monkeypatch):
   """On a TPU VM, JAX finds the pod itself (we cannot reach one here: record the call)."""
   calls = []
@@ -137,7 +148,8 @@ def _wait_for(condition, processes, timeout_s: float) -> None:
     time.sleep(0.2)
 
 
-def test_a_lost_host_is_one_line_on_the_survivor(tmp_path):
+@pytest.mark.parametrize('lost', [1, 0])  # 0 also runs the coordination service's host.
+def test_a_lost_host_is_one_line_on_the_survivor(tmp_path, lost):
   """SIGKILL one of two processes mid-training: the other stops within seconds, its last line
   naming the lost process and the last checkpoint saved; no traceback, no native abort."""
   (tmp_path / 'data').mkdir()
@@ -149,17 +161,18 @@ def test_a_lost_host_is_one_line_on_the_survivor(tmp_path):
                   '--gin.CHECKPOINT_PERIOD=2', '--heartbeat_timeout=3') for index in (0, 1)]
   try:
     _wait_for(lambda: (model_dir / 'checkpoints' / '2').is_dir(), hosts, timeout_s=400)
-    hosts[1].kill()  # SIGKILL: no chance to say goodbye.
+    hosts[lost].kill()  # SIGKILL: no chance to say goodbye.
     killed = time.time()
-    _, stderr = hosts[0].communicate(timeout=120)
+    survivor = hosts[1 - lost]
+    _, stderr = survivor.communicate(timeout=120)
     seconds = time.time() - killed
   finally:
     for host in hosts:
       host.kill()
       host.communicate()
-  assert hosts[0].returncode == 1, stderr[-3000:]
+  assert survivor.returncode == 1, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
-  found = re.fullmatch(r'error: lost process 1 of 2 \(its host stopped answering\); the last '
+  found = re.fullmatch(rf'error: lost process {lost} of 2 \(its host stopped answering\); the last '
                        r'checkpoint saved is step (\d+) in (.+); relaunch every host to resume\.',
                        last)
   assert found, stderr[-3000:]
