@@ -33,8 +33,8 @@ class EvalConfig:
   num_examples: Optional[int] = None  # None: the whole split.
 
 
-def _batches(dataset, batch_size: int,
-             padded_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
+def batches(dataset, batch_size: int,
+            padded_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
   """(indices [B], features [padded_size, ...], number of real rows): batches of
   `batch_size` examples, each zero-padded to `padded_size` rows (so that it splits over
   the mesh's data axis); the padding rows are dropped from every output."""
@@ -42,6 +42,39 @@ def _batches(dataset, batch_size: int,
     real = len(indices)
     pad = lambda x: np.pad(x, [(0, padded_size - real)] + [(0, 0)] * (x.ndim - 1))
     yield indices, {k: pad(v) for k, v in features.items()}, real
+
+
+def padded_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+  """`batch_size` rounded up to a multiple of the mesh's data-parallel size."""
+  ways = preflight.data_parallel_size(mesh)
+  return -(-batch_size // ways) * ways
+
+
+def label_features(task: seqio.Task, words: Sequence[str], length: int) -> dict[str, np.ndarray]:
+  """Decoder features of each label word, [L, T=length]: its tokens (+ EOS), zero-padded."""
+  feature = task.output_features['targets']
+  targets = np.zeros((len(words), length), np.int32)
+  for row, word in enumerate(words):
+    ids = list(feature.vocabulary.encode(word)) + [feature.vocabulary.eos_id] * feature.add_eos
+    if len(ids) > length:
+      raise ValueError(f'label {word!r} of task {task.name!r} is {len(ids)} tokens but '
+                       f"TASK_FEATURE_LENGTHS['targets'] is {length}; raise it.")
+    targets[row, :len(ids)] = ids
+  return {'decoder_target_tokens': targets,
+          'decoder_input_tokens': np.pad(targets, [(0, 0), (1, 0)])[:, :-1],
+          'decoder_loss_weights': (targets > 0).astype(np.int32)}
+
+
+def rank_metrics(task: seqio.Task, examples: Sequence[dict],
+                 predicted_words: Sequence[str]) -> dict[str, float]:
+  """`task`'s metrics of the label words predicted for its `examples` (in order), as
+  {'task/rank_metric': value}."""
+  targets = [task.postprocess_fn(pretokenized_text(example, 'targets'), example=example,
+                                 is_target=True) for example in examples]
+  predictions = [task.postprocess_fn(word, example=example, is_target=False)
+                 for word, example in zip(predicted_words, examples)]
+  return {f'{task.name}/rank_{name}': float(value) for metric_fn in task.predict_metric_fns
+          for name, value in metric_fn(targets, predictions).items()}
 
 
 def pretokenized_text(example: Mapping[str, Any], feature: str) -> str:
@@ -69,8 +102,7 @@ class Evaluator:
         eval_split=config.split, sequence_length=dict(config.task_feature_lengths),
         num_examples=config.num_examples, use_memory_cache=True)
     self.batch_sharding = batch_sharding
-    ways = preflight.data_parallel_size(batch_sharding.mesh)
-    self.padded_size = -(-config.batch_size // ways) * ways  # Rounded up to split evenly.
+    self.padded_size = padded_size(config.batch_size, batch_sharding.mesh)
     merged = lambda fn: lambda trainable, frozen, batch: fn(
         trainer.merge_params(trainable, frozen), batch)
     # Outputs on every device, so every process (host) reads them whole.
@@ -81,7 +113,7 @@ class Evaluator:
 
   def _run(self, fn, dataset, trainable, frozen):
     outputs = []
-    for indices, features, real in _batches(dataset, self.config.batch_size, self.padded_size):
+    for indices, features, real in batches(dataset, self.config.batch_size, self.padded_size):
       batch = jax.device_put(features, self.batch_sharding)
       result = np.asarray(jax.device_get(fn(trainable, frozen, batch)))[:real]
       outputs.extend(zip(indices.tolist(), result.tolist()))
@@ -100,31 +132,16 @@ class Evaluator:
         results.update(self._rank_metrics(task, trainable, frozen))
     return results
 
-  def _label_features(self, task: seqio.Task, words: Sequence[str]) -> dict[str, np.ndarray]:
-    """Decoder features of each label word, [L, T]: its tokens (+ EOS), zero-padded."""
-    length = self.config.task_feature_lengths['targets']
-    feature = task.output_features['targets']
-    targets = np.zeros((len(words), length), np.int32)
-    for row, word in enumerate(words):
-      ids = list(feature.vocabulary.encode(word)) + [feature.vocabulary.eos_id] * feature.add_eos
-      if len(ids) > length:
-        raise ValueError(f'label {word!r} of task {task.name!r} is {len(ids)} tokens but '
-                         f"TASK_FEATURE_LENGTHS['targets'] is {length}; raise it.")
-      targets[row, :len(ids)] = ids
-    return {'decoder_target_tokens': targets,
-            'decoder_input_tokens': np.pad(targets, [(0, 0), (1, 0)])[:, :-1],
-            'decoder_loss_weights': (targets > 0).astype(np.int32)}
-
   def rank_predictions(self, task: seqio.Task, trainable: Params, frozen: Params) -> list[str]:
     """The label word with the highest `score_batch` for each example of `task`, in order."""
     label_words = labels.labels_of(task.name)
-    label_features = self._label_features(task, label_words)
+    label_rows = label_features(task, label_words, self.config.task_feature_lengths['targets'])
 
     def pair_with_labels(index, features):  # One example -> one row per label word.
       inputs = tf.repeat(features['encoder_input_tokens'][None], len(label_words), axis=0)
       return tf.data.Dataset.from_tensor_slices(
           (tf.fill([len(label_words)], index),
-           {'encoder_input_tokens': inputs, **label_features}))
+           {'encoder_input_tokens': inputs, **label_rows}))
 
     pairs = self.evaluator.cached_model_datasets[task.name].flat_map(pair_with_labels)
     scores = np.array([score for _, score in self._run(self._score, pairs, trainable, frozen)])
@@ -137,14 +154,7 @@ class Evaluator:
   def _rank_metrics(self, task: seqio.Task, trainable: Params,
                     frozen: Params) -> dict[str, float]:
     """The task's metrics on rank-classified predictions, as {'task/rank_metric': value}."""
-    examples = self._examples(task)
-    targets = [task.postprocess_fn(pretokenized_text(example, 'targets'), example=example,
-                                   is_target=True) for example in examples]
-    predictions = [task.postprocess_fn(word, example=example, is_target=False)
-                   for word, example in zip(self.rank_predictions(task, trainable, frozen),
-                                            examples)]
-    return {f'{task.name}/rank_{name}': float(value) for metric_fn in task.predict_metric_fns
-            for name, value in metric_fn(targets, predictions).items()}
+    return rank_metrics(task, self._examples(task), self.rank_predictions(task, trainable, frozen))
 
   def predictions(self, trainable: Params, frozen: Params) -> Iterator[dict]:
     """Decoded predictions of every example, as {'inputs', 'targets', 'prediction'} texts."""

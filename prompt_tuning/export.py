@@ -1,7 +1,8 @@
 r"""Writes what a run trained in the formats other tools read, and imports PEFT prompts.
 
     # The prompt of MODEL_DIR's newest checkpoint (or --step) as a PEFT adapter directory;
-    # --format=npy writes a [P, emb_dim] float32 .npy file instead:
+    # --format=npy writes a [P, emb_dim] float32 .npy file instead. Either way its record
+    # (prompt_bank: frozen weights, task, step...) goes beside it, for prompt banks:
     python -m prompt_tuning.export --model_dir=/tmp/run --format=peft \
       --output=/tmp/run/peft_adapter --base_model=google/t5-base-lm-adapt
 
@@ -27,8 +28,8 @@ from prompt_tuning import gin_config
 from prompt_tuning import hf_checkpoint
 from prompt_tuning import initial_checkpoint
 from prompt_tuning import models
+from prompt_tuning import prompt_bank
 from prompt_tuning import prompt_formats
-from prompt_tuning import t5x_checkpoint
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'The run (MODEL_DIR) to export from.')
 _FORMAT = flags.DEFINE_enum('format', 'npy', ['npy', 'peft', 'hf'],
@@ -41,24 +42,6 @@ _BASE_MODEL = flags.DEFINE_string('base_model', None,
                                   'peft: the base_model_name_or_path to record.')
 _PEFT_ADAPTER = flags.DEFINE_string('peft_adapter', None,
                                     'Import this PEFT prompt-tuning adapter as --output .npy.')
-
-
-def run_prompt(model_dir: str, step: Optional[int] = None) -> np.ndarray:
-  """The prompt [P, E] at `step` (default: the newest) of MODEL_DIR/checkpoints."""
-  directory = checkpoints.as_path(model_dir) / 'checkpoints'  # Local or gs://.
-  steps = sorted(int(path.name) for path in directory.iterdir()
-                 if path.name.isdigit()) if directory.is_dir() else []
-  if not steps:
-    raise FileNotFoundError(f'MODEL_DIR {model_dir} has no checkpoints/<step>/ to export.')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise ValueError(f'MODEL_DIR {model_dir} has no checkpoint at step {step}; it has {steps}.')
-  item = str(directory / str(step) / 'state')
-  trainable = t5x_checkpoint.orbax_tree(item)['trainable']
-  if 'prompt' not in trainable.get('encoder', {}):
-    raise ValueError(f'MODEL_DIR {model_dir} trained no prompt (a model-tuning run?); export its '
-                     'weights with --format=hf.')
-  return t5x_checkpoint.restore_orbax(item, 'trainable')['encoder']['prompt']['prompt']
 
 
 def export_hf(checkpoint: str, output: str) -> None:
@@ -110,10 +93,17 @@ def main(argv):
       raise ValueError('--format=hf needs the model: --gin_file=models/t5_1_1_<size>.gin.')
     gin_config.parse_flags()
     export_hf(_CHECKPOINT.value or model_tuning_params(_model_dir()), output)
-  elif _FORMAT.value == 'peft':
-    prompt_formats.save_peft(output, run_prompt(_model_dir(), _STEP.value), _BASE_MODEL.value)
   else:
-    np.save(output, np.asarray(run_prompt(_model_dir(), _STEP.value), np.float32))
+    step = prompt_bank.run_step(_model_dir(), _STEP.value)
+    prompt = np.asarray(prompt_bank.run_prompt(_model_dir(), step), np.float32)
+    if _FORMAT.value == 'peft':
+      prompt_formats.save_peft(output, prompt, _BASE_MODEL.value)
+      record = os.path.join(output, prompt_bank.RECORD)
+    else:
+      np.save(output, prompt)
+      record = os.path.splitext(output)[0] + '.json'
+    prompt_bank.write_record(record, prompt_bank.run_record(_model_dir(), step))
+    print(f'wrote {record}')
   print(f'wrote {output}')
 
 

@@ -9,8 +9,9 @@ r"""What a trained prompt looks like in the frozen model's vocabulary (the paper
 a PEFT adapter directory; `--checkpoint` is the frozen model's INITIAL_CHECKPOINT_PATH (any
 kind), read as the gin model describes it. For each prompt position this prints its `--top_k`
 nearest tokens by cosine similarity to the rows of `token_embedder/embedding` `[V, E]`, marks
-label sub-tokens with `*`, counts the positions next to a class label and, with
-`--initial_prompt` (a MODEL_DIR does not keep its initial prompt), how far each moved; then
+label sub-tokens with `*`, counts the positions next to a class label and how far each moved
+from its initialisation (a MODEL_DIR's `initial_prompt.npy`, which train writes, or
+`--initial_prompt`); then
 it writes `interpret.png` to `--output_dir` (default: the MODEL_DIR or adapter directory, or
 the `.npy` file's folder). `--step` and `--checkpoint` are export's flags, `--module`
 show_task's, with the same meaning.
@@ -31,13 +32,13 @@ from prompt_tuning import gin_config
 from prompt_tuning import initial_checkpoint
 from prompt_tuning import labels
 from prompt_tuning import models
+from prompt_tuning import prompt_bank
 from prompt_tuning import prompt_formats
 from prompt_tuning import show_task  # pylint: disable=unused-import  # Defines --module.
 
 matplotlib.use('Agg')
 from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_PROMPT = flags.DEFINE_string('prompt', None, 'MODEL_DIR, a prompt .npy or a PEFT adapter dir.')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Nearest tokens shown per prompt position.')
 _VOCABULARY = flags.DEFINE_string('vocabulary', None,
                                   "The model's SentencePiece file; default: --task's targets'.")
@@ -101,7 +102,7 @@ def load_prompt(path: str, step: int | None) -> tuple[np.ndarray, str]:
   """(the prompt [P, E] at `path`, the folder its PNG goes to by default)."""
   where = checkpoints.as_path(path)
   if (where / 'checkpoints').is_dir():
-    return np.asarray(export.run_prompt(path, step), np.float32), path
+    return np.asarray(prompt_bank.run_prompt(path, step), np.float32), path
   if (where / prompt_formats.CONFIG).exists():
     prompt, folder = prompt_formats.load_peft(path), path
   elif where.is_file():
@@ -112,6 +113,13 @@ def load_prompt(path: str, step: int | None) -> tuple[np.ndarray, str]:
   if step is not None:
     raise ValueError('--step picks a checkpoint of a MODEL_DIR; drop it for this --prompt.')
   return np.asarray(prompt, np.float32), folder
+
+
+def initial_prompt_of(path: str) -> str | None:
+  """MODEL_DIR/initial_prompt.npy, where `train` keeps the prompt it started from, if `path`
+  is a run directory that has it."""
+  initial = os.path.join(path, prompt_bank.INITIAL_PROMPT)
+  return initial if checkpoints.as_path(initial).is_file() else None
 
 
 def embedding_table(checkpoint: str, width: int) -> np.ndarray:
@@ -181,14 +189,16 @@ def plot(path: str, pieces: list[list[str]], similarity: np.ndarray,
 
 def main(argv):
   del argv
-  if not _PROMPT.value:
-    raise ValueError('pass --prompt=MODEL_DIR, a prompt .npy file or a PEFT adapter directory.')
+  if len(prompt_bank.PROMPT_FLAG.value) != 1:
+    raise ValueError('pass one --prompt=MODEL_DIR, a prompt .npy file or a PEFT adapter '
+                     'directory.')
+  prompt_path = prompt_bank.PROMPT_FLAG.value[0]
   if not flags.FLAGS.gin_file or not flags.FLAGS.checkpoint:
     raise ValueError('pass the frozen model: --gin_file=models/<model>.gin and '
                      '--checkpoint=<its INITIAL_CHECKPOINT_PATH>.')
-  prompt, folder = load_prompt(_PROMPT.value, flags.FLAGS.step)
-  moved = (movement(prompt, prompt_formats.load_npy(_INITIAL_PROMPT.value))
-           if _INITIAL_PROMPT.value else None)
+  prompt, folder = load_prompt(prompt_path, flags.FLAGS.step)
+  initial = _INITIAL_PROMPT.value or initial_prompt_of(prompt_path)
+  moved = movement(prompt, prompt_formats.load_npy(initial)) if initial else None
   gin_config.parse_flags()
   vocabulary, words = vocabulary_and_labels(_VOCABULARY.value, _TASK.value, flags.FLAGS.module,
                                             _LABELS.value)
@@ -198,7 +208,7 @@ def main(argv):
   label_ids = {i for word in words for i in vocabulary.encode(word)} - set(excluded)
   pieces = [[vocabulary.id_to_piece(int(i)) + ('*' if i in label_ids else '') for i in row]
             for row in ids]
-  print(f'prompt {_PROMPT.value}: {prompt.shape[0]} positions × {prompt.shape[1]}; '
+  print(f'prompt {prompt_path}: {prompt.shape[0]} positions × {prompt.shape[1]}; '
         f'{len(excluded)} of {embeddings.shape[0]} ids excluded (padding, EOS, unknown, '
         'sentinels, rows past the vocabulary)')
   print(table(pieces, similarity, moved))

@@ -60,6 +60,12 @@ class EncoderDecoderModel:
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
 
+  def without_prompt(self) -> 'EncoderDecoderModel':
+    """The same model with no prompt of its own: the frozen model that serves a
+    `prompts.PromptTable` (its parameters are this model's without `encoder/prompt`)."""
+    return EncoderDecoderModel(self.module.clone(prompt_length=0), self.decode_fn, self.z_loss,
+                               self.label_smoothing)
+
   def init(self, rng: Array, batch: Batch) -> Params:
     """Randomly initialised `params` (unboxed) for batches shaped like `batch`."""
     variables = jax.jit(self.module.init)(rng, batch['encoder_input_tokens'],

@@ -8,8 +8,9 @@
 A spec `NAME=PATH` or `NAME=PATH@STEP` names one prompt `[P, E]` and where it is:
 
 - a run directory (MODEL_DIR): its `prompt.npy` and record `prompt.json` (`train.export`
-  writes both); with `@STEP`, the prompt of checkpoint STEP and the frozen weights of its
-  meta (a gs:// run loads this way), the record's other fields unknown (null);
+  writes both); with `@STEP`, the prompt of checkpoint STEP, the frozen weights of its
+  meta (a gs:// run loads this way) and the task and label words of `prompt.json` if
+  the run has one (`run_record`);
 - a `.npy` file `DIR/X.npy`, with the record `DIR/X.json` beside it if there is one;
 - a PEFT prompt-tuning adapter directory, with the record `prompt.json` in it if there is one.
 
@@ -26,14 +27,19 @@ import os
 import re
 from typing import Optional, Sequence
 
+from absl import flags
 import numpy as np
 
 from prompt_tuning import checkpoints
-from prompt_tuning import export
 from prompt_tuning import prompt_formats
 from prompt_tuning import prompts
+from prompt_tuning import t5x_checkpoint
 
+PROMPT_FLAG = flags.DEFINE_multi_string(
+    'prompt', [], 'A trained prompt, NAME=PATH or NAME=PATH@STEP (repeat the flag for more): '
+    'PATH a run directory, a .npy file or a PEFT adapter directory (interpret: PATH alone).')
 RECORD = 'prompt.json'  # The record in a run directory or a PEFT adapter directory.
+INITIAL_PROMPT = 'initial_prompt.npy'  # In a run directory: the prompt before step 1 [P, E].
 RECORD_FIELDS = ('frozen_fingerprint', 'frozen_path', 'task', 'prompt_length', 'embed_dim',
                  'label_words', 'step', 'eval_metrics')
 
@@ -60,15 +66,8 @@ def load(spec: PromptSpec, allow_unverified: bool = False) -> tuple[np.ndarray, 
   """(the prompt [P, E] float32, its record: every field of `RECORD_FIELDS`, null where
   unknown). A prompt without a record is refused unless `allow_unverified`."""
   if spec.step is not None:
-    prompt = np.asarray(export.run_prompt(spec.path, spec.step), np.float32)
-    run_checkpoints = checkpoints.RunCheckpoints(spec.path)
-    try:
-      meta = run_checkpoints.read_meta(spec.step)
-    finally:
-      run_checkpoints.close()
-    return prompt, _complete({'frozen_fingerprint': meta['frozen']['fingerprint'],
-                              'frozen_path': meta['frozen']['path'], 'step': meta['step']},
-                             prompt)
+    prompt = np.asarray(run_prompt(spec.path, spec.step), np.float32)
+    return prompt, _complete(run_record(spec.path, spec.step), prompt)
   if not os.path.exists(spec.path):
     raise FileNotFoundError(f'prompt {spec.name}: {spec.path} does not exist; pass a run '
                             'directory, a .npy file or a PEFT adapter (a gs:// run: PATH@STEP).')
@@ -92,6 +91,54 @@ def load(spec: PromptSpec, allow_unverified: bool = False) -> tuple[np.ndarray, 
                      'frozen weights it was trained on; load its run directory or NAME=MODEL_DIR'
                      '@STEP, or pass allow_unverified=True if you know it fits.')
   return prompt, _complete({}, prompt)
+
+
+def run_step(model_dir: str, step: Optional[int] = None) -> int:
+  """`step` if MODEL_DIR/checkpoints has it, or (None) its newest step."""
+  directory = checkpoints.as_path(model_dir) / 'checkpoints'  # Local or gs://.
+  steps = sorted(int(path.name) for path in directory.iterdir()
+                 if path.name.isdigit()) if directory.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f'MODEL_DIR {model_dir} has no checkpoints/<step>/ to export.')
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise ValueError(f'MODEL_DIR {model_dir} has no checkpoint at step {step}; it has {steps}.')
+  return step
+
+
+def run_prompt(model_dir: str, step: Optional[int] = None) -> np.ndarray:
+  """The prompt [P, E] at `step` (default: the newest) of MODEL_DIR/checkpoints."""
+  step = run_step(model_dir, step)
+  item = str(checkpoints.as_path(model_dir) / 'checkpoints' / str(step) / 'state')
+  trainable = t5x_checkpoint.orbax_tree(item)['trainable']
+  if 'prompt' not in trainable.get('encoder', {}):
+    raise ValueError(f'MODEL_DIR {model_dir} trained no prompt (a model-tuning run?); export its '
+                     'weights with --format=hf.')
+  return t5x_checkpoint.restore_orbax(item, 'trainable')['encoder']['prompt']['prompt']
+
+
+def run_record(model_dir: str, step: int) -> dict:
+  """The record of checkpoint `step` of a run: the run's own record if it is of that step,
+  else the frozen weights of the step's meta and the task and label words of the run's
+  record if it has one (the eval metrics unknown)."""
+  run_checkpoints = checkpoints.RunCheckpoints(model_dir)
+  try:
+    meta = run_checkpoints.read_meta(step)
+  finally:
+    run_checkpoints.close()
+  path = checkpoints.as_path(model_dir) / RECORD
+  final = json.loads(path.read_text()) if path.is_file() else {}
+  if final.get('step') == meta['step']:
+    return final  # The prompt train exported, with its eval metrics.
+  return {'frozen_fingerprint': meta['frozen']['fingerprint'],
+          'frozen_path': meta['frozen']['path'], 'step': meta['step'],
+          'task': final.get('task'), 'label_words': final.get('label_words')}
+
+
+def write_record(path: str, record: dict) -> None:
+  """Writes `record` (a prompt's, see the module docstring) as JSON at `path`."""
+  checkpoints.as_path(path).write_text(json.dumps(record, indent=2))
 
 
 def _read_record(path: str, prompt: np.ndarray) -> dict:
@@ -161,6 +208,11 @@ class PromptBank:
   @property
   def names(self) -> list[str]:
     return list(self._entries)
+
+  def spec(self, name: str) -> PromptSpec:
+    """Where prompt `name` was loaded from."""
+    self._check_known([name])
+    return self._entries[name].spec
 
   def record(self, name: str) -> dict:
     """The record of prompt `name` (every field of `RECORD_FIELDS`, null where unknown)."""

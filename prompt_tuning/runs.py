@@ -78,6 +78,27 @@ def load_model_params(model: models.EncoderDecoderModel, mesh, shapes,
   return params, shardings
 
 
+def frozen_weights(setup: RunSetup, shapes, mesh: jax.sharding.Mesh) -> tuple[Params, dict]:
+  """(the run's frozen weights placed on `mesh`, their record {'path', 'fingerprint'}):
+  `prepare`'s, without reading or writing MODEL_DIR. What a `prompt_bank.PromptBank`'s
+  prompts run on, through `setup.model.without_prompt()`."""
+  data.import_task_modules(setup.task_modules)
+  params, _ = load_model_params(setup.model, mesh, shapes, setup.initial_checkpoint_path,
+                                setup.seed)
+  trainable, frozen = trainer.split_params(params, setup.trainable_parameters)
+  if set(checkpoints.trainable_shapes(trainable)) != {'encoder/prompt/prompt'}:
+    raise ValueError('prompts from --prompt need a prompt-tuning run configuration (only '
+                     "'encoder/prompt/.*' trained), not model tuning; drop "
+                     'runs/model_finetune.gin.')
+  frozen = trainer.cast_frozen(frozen, setup.frozen_dtype)
+  return frozen, _frozen_record(setup, frozen)
+
+
+def _frozen_record(setup: RunSetup, frozen: Params) -> dict:
+  return {'path': setup.initial_checkpoint_path or f'random init (seed {setup.seed})',
+          'fingerprint': checkpoints.fingerprint(frozen)}
+
+
 def prepare(setup: RunSetup, shapes, checkpoint_config: checkpoints.CheckpointConfig,
             mesh: Optional[jax.sharding.Mesh] = None) -> PreparedRun:
   """Loads the weights, splits them, and resumes from MODEL_DIR's newest checkpoint.
@@ -95,8 +116,7 @@ def prepare(setup: RunSetup, shapes, checkpoint_config: checkpoints.CheckpointCo
   trainable_shardings, frozen_shardings = trainer.split_params(shardings,
                                                                setup.trainable_parameters)
   frozen = trainer.cast_frozen(frozen, setup.frozen_dtype)
-  frozen_record = {'path': setup.initial_checkpoint_path or f'random init (seed {setup.seed})',
-                   'fingerprint': checkpoints.fingerprint(frozen)}
+  frozen_record = _frozen_record(setup, frozen)
   state = trainer.init_state(trainable, setup.optimizer, setup.seed, trainable_shardings, mesh)
   run_checkpoints = checkpoints.RunCheckpoints(setup.model_dir, checkpoint_config)
   latest = run_checkpoints.latest_step()

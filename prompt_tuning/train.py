@@ -33,6 +33,7 @@ from prompt_tuning import partitioning
 from prompt_tuning import preflight
 from prompt_tuning import preemption
 from prompt_tuning import progress
+from prompt_tuning import prompt_bank
 from prompt_tuning import run_lock
 from prompt_tuning import runs
 from prompt_tuning import trainer
@@ -64,6 +65,10 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     with run_lock.hold(setup.model_dir), write_errors.naming(setup.model_dir):
       run.checkpoints.make_directories()
       record_config(setup.model_dir, start_step)
+      if start_step == 0 and jax.process_index() == 0 and 'prompt' in run.state.trainable.get(
+          'encoder', {}):  # Where the prompt started: what interpret measures movement from.
+        checkpoints.export_prompt(run.state.trainable,
+                                  os.path.join(setup.model_dir, prompt_bank.INITIAL_PROMPT))
       report = progress.Progress(setup.model_dir, start_step, train_steps,
                                  train_data.batch_size, jax.process_index() == 0)
       try:
@@ -85,6 +90,9 @@ def prepare(setup: runs.RunSetup, train_steps: int, train_data: data.DataConfig,
             mesh: Optional[jax.sharding.Mesh]):
   """(prepared run, evaluator or None), after every check that can refuse the run; writes
   nothing."""
+  if prompt_bank.PROMPT_FLAG.value:
+    raise ValueError('--prompt is for evaluate, infer and interpret; train learns one prompt '
+                     '(to start from a .npy: prompts/from_file.gin with PROMPT_FILE).')
   data.import_task_modules(setup.task_modules)
   data.get_task(train_data.mixture_or_task_name)
   preflight.check_feature_lengths(train_data.task_feature_lengths)
@@ -251,8 +259,8 @@ def export(model_dir: str, run: runs.PreparedRun, task: str,
                 'label_words': list(label_words) if label_words else None,
                 'step': int(run.state.step),
                 'eval_metrics': {name: float(value) for name, value in eval_metrics.items()}}
-      (checkpoints.as_path(model_dir) / 'prompt.json').write_text(json.dumps(record, indent=2))
-    exported += ['prompt.npy', 'prompt.json']
+      (checkpoints.as_path(model_dir) / prompt_bank.RECORD).write_text(json.dumps(record, indent=2))
+    exported += ['prompt.npy', prompt_bank.RECORD]
   if any(not path.startswith('encoder/prompt/') for path in trained):
     checkpoints.save_params(os.path.join(model_dir, 'params'),
                             trainer.merge_params(run.state.trainable, run.frozen))

@@ -17,6 +17,7 @@ from prompt_tuning import checkpoints
 from prompt_tuning import export
 from prompt_tuning import gin_config
 from prompt_tuning import models
+from prompt_tuning import prompt_bank
 from prompt_tuning import runs
 
 SHORT_RUN = ('--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=0',
@@ -45,7 +46,7 @@ def assert_one_clear_line(result: cli.Result, message: str) -> None:
 
 
 def saved_prompt(model_dir, step: int) -> np.ndarray:
-  return np.asarray(export.run_prompt(str(model_dir), step))
+  return np.asarray(prompt_bank.run_prompt(str(model_dir), step))
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +86,8 @@ FRESH_DIR_CASES = [
     ('zero eval batch', ['--gin.EVAL_BATCH_SIZE=0'], 'EVAL_BATCH_SIZE=0 must be positive'),
     ('text file as .npy', ['--gin_file=prompts/from_file.gin', "--gin.PROMPT_FILE='{npy}'"],
      'is not a .npy array'),
+    ('prompt flag to train', ['--prompt', 'a=/runs/a'],
+     '--prompt is for evaluate, infer and interpret'),
 ]
 
 

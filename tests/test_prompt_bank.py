@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import cli
+from prompt_tuning import interpret
 from prompt_tuning import labels
 from prompt_tuning import prompt_bank
 from prompt_tuning import prompt_formats
@@ -26,7 +27,8 @@ def run(tmp_path_factory):
     patch.setattr(labels, '_LABELS', dict(labels._LABELS))  # pylint: disable=protected-access
     labels.register_labels('tiny_sentiment', LABELS)
     result = cli.run_in_process('train', None, f"--gin.MODEL_DIR='{model_dir}'",
-                                '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=0')
+                                '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=0',
+                                '--gin.CHECKPOINT_PERIOD=1')
   gin.clear_config()
   assert result.returncode == 0, result.stderr[-2000:]
   return model_dir, re.search(r'frozen weights fingerprint (\w+): unchanged', result.stdout)[1]
@@ -64,18 +66,31 @@ def test_train_writes_the_prompt_record(run):
   assert all(isinstance(value, float) for value in record['eval_metrics'].values())
 
 
+def test_train_keeps_the_initial_prompt_for_interpret(run):
+  """Class-label initialisation: the first rows are the label words' embeddings, which two
+  steps then move; interpret measures movement from this file by default."""
+  model_dir, _ = run
+  initial, trained = np.load(model_dir / 'initial_prompt.npy'), np.load(model_dir / 'prompt.npy')
+  assert initial.shape == trained.shape == (4, WIDTH) and not np.array_equal(initial, trained)
+  assert interpret.initial_prompt_of(str(model_dir)) == str(model_dir / 'initial_prompt.npy')
+  assert interpret.initial_prompt_of(str(model_dir / 'prompt.npy')) is None
+
+
 def test_a_run_loads_with_its_record_or_by_step(run):
   model_dir, fingerprint = run
-  bank = prompt_bank.PromptBank(fingerprint, WIDTH, [f'final={model_dir}',
-                                                     f'step_2={model_dir}@2'])
-  assert bank.names == ['final', 'step_2']
-  assert bank.record('final') == json.loads((model_dir / 'prompt.json').read_text())
-  assert bank.record('step_2') == {
+  bank = prompt_bank.PromptBank(fingerprint, WIDTH, [f'final={model_dir}', f'step_2={model_dir}@2',
+                                                     f'step_1={model_dir}@1'])
+  assert bank.names == ['final', 'step_2', 'step_1']
+  final = json.loads((model_dir / 'prompt.json').read_text())
+  assert bank.record('final') == bank.record('step_2') == final  # Step 2 is the last.
+  assert bank.record('step_1') == {  # The run's task and labels; the metrics of step 1 unknown.
       **dict.fromkeys(prompt_bank.RECORD_FIELDS), 'frozen_fingerprint': fingerprint,
-      'frozen_path': 'random init (seed 0)', 'prompt_length': 4, 'embed_dim': WIDTH, 'step': 2}
+      'frozen_path': 'random init (seed 0)', 'prompt_length': 4, 'embed_dim': WIDTH, 'step': 1,
+      'task': 'tiny_sentiment', 'label_words': LABELS}
   table = bank.table()
   np.testing.assert_array_equal(table.prompts[0], np.load(model_dir / 'prompt.npy'))
-  np.testing.assert_array_equal(table.prompts[1], table.prompts[0])  # Step 2 is the last.
+  np.testing.assert_array_equal(table.prompts[1], table.prompts[0])
+  assert not np.array_equal(table.prompts[2], table.prompts[0])
 
 
 def test_npy_files_and_peft_adapters_load_with_or_without_a_record(tmp_path):

@@ -13,9 +13,9 @@ import pytest
 from conftest import make_batch
 from tiny_checkpoints import random_params
 from prompt_tuning import checkpoints
-from prompt_tuning import export
 from prompt_tuning import hf_checkpoint
 from prompt_tuning import network
+from prompt_tuning import prompt_bank
 from prompt_tuning import partitioning
 from prompt_tuning import prompt_formats
 from prompt_tuning import safetensors_file
@@ -126,7 +126,8 @@ def _run_with_prompts(model_dir, prompts):
     trainable = {'encoder': {'prompt': {'prompt': prompt}}}
     state = trainer.init_state(trainable, trainer.adafactor(), 0,
                                jax.tree.map(lambda _: replicated, trainable), mesh)
-    run_checkpoints.save(state.replace(step=state.step + step), {'step': step})
+    run_checkpoints.save(state.replace(step=state.step + step), {  # The meta train writes.
+        'step': step, 'frozen': {'path': 'random init (seed 0)', 'fingerprint': 'f00d'}})
   run_checkpoints.close()
 
 
@@ -136,11 +137,12 @@ def test_export_command_writes_npy_peft_and_hf_and_imports_peft(tmp_path):
   np.testing.assert_array_equal(prompt_formats.load_peft(str(tmp_path / 'adapter')), PROMPT)
   _export(f'--peft_adapter={tmp_path / "adapter"}', f'--output={tmp_path / "prompt.npy"}')
   np.testing.assert_array_equal(np.load(tmp_path / 'prompt.npy'), PROMPT)
-  np.testing.assert_array_equal(export.run_prompt(str(tmp_path / 'run'), step=2), PROMPT + 1)
+  np.testing.assert_array_equal(prompt_bank.run_prompt(str(tmp_path / 'run'), step=2),
+                                PROMPT + 1)
   with pytest.raises(ValueError, match=r'no checkpoint at step 3; it has \[2, 4\]'):
-    export.run_prompt(str(tmp_path / 'run'), step=3)
+    prompt_bank.run_prompt(str(tmp_path / 'run'), step=3)
   with pytest.raises(FileNotFoundError, match='has no checkpoints/<step>/ to export'):
-    export.run_prompt(str(tmp_path / 'nowhere'))
+    prompt_bank.run_prompt(str(tmp_path / 'nowhere'))
   params = random_params()
   checkpoints.save_params(str(tmp_path / 'params'), params)  # As a model-tuning run does.
   _export('--format=hf', f'--checkpoint={tmp_path / "params"}', f'--output={tmp_path / "hf"}',
