@@ -44,6 +44,14 @@ def batches(dataset, batch_size: int,
     yield indices, {k: pad(v) for k, v in features.items()}, real
 
 
+def seqio_evaluator(config: EvalConfig, mixture_or_task_name: str) -> seqio.Evaluator:
+  """seqio's evaluator of a task or mixture on `config`'s split, lengths and examples."""
+  return seqio.Evaluator(
+      mixture_or_task_name, feature_converter=data.feature_converter(), eval_split=config.split,
+      sequence_length=dict(config.task_feature_lengths), num_examples=config.num_examples,
+      use_memory_cache=True)
+
+
 def padded_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
   """`batch_size` rounded up to a multiple of the mesh's data-parallel size."""
   ways = preflight.data_parallel_size(mesh)
@@ -97,10 +105,7 @@ class Evaluator:
     if config.batch_size <= 0:
       raise ValueError(f'EVAL_BATCH_SIZE={config.batch_size} must be positive.')
     data.get_task(config.mixture_or_task_name)
-    self.evaluator = seqio.Evaluator(
-        config.mixture_or_task_name, feature_converter=data.feature_converter(),
-        eval_split=config.split, sequence_length=dict(config.task_feature_lengths),
-        num_examples=config.num_examples, use_memory_cache=True)
+    self.evaluator = seqio_evaluator(config, config.mixture_or_task_name)
     self.batch_sharding = batch_sharding
     self.padded_size = padded_size(config.batch_size, batch_sharding.mesh)
     merged = lambda fn: lambda trainable, frozen, batch: fn(

@@ -70,10 +70,7 @@ class MultiPromptEvaluator:
   def _evaluator(self, task: str) -> seqio.Evaluator:
     """seqio's evaluator of `task` alone (its examples, targets and metrics), made once."""
     if task not in self._seqio:
-      self._seqio[task] = seqio.Evaluator(
-          task, feature_converter=data.feature_converter(), eval_split=self.config.split,
-          sequence_length=dict(self.config.task_feature_lengths),
-          num_examples=self.config.num_examples, use_memory_cache=True)
+      self._seqio[task] = evaluation.seqio_evaluator(self.config, task)
     return self._seqio[task]
 
   def _examples(self, task: str) -> list[dict]:
@@ -157,13 +154,13 @@ class MultiPromptEvaluator:
     pick = lambda rows, choose: [] if rows is None else [(i, choose(row))
                                                          for i, row in enumerate(rows)]
     per_prompt = {name: self._metrics(
-        task, step, pick(tokens, lambda row, k=k: row[k]), pick(scores, lambda row, k=k: row[k]),
+        task, examples, step, pick(tokens, lambda row, k=k: row[k]), pick(scores, lambda row, k=k: row[k]),
         [words[i] for i in label_scores[:, k].argmax(axis=1)] if words else [])
                   for k, name in enumerate(names)}
     if len(names) == 1:
       return per_prompt[names[0]]
     together = self._metrics(
-        task, step, pick(tokens, self._vote), pick(scores, lambda row: float(np.mean(row))),
+        task, examples, step, pick(tokens, self._vote), pick(scores, lambda row: float(np.mean(row))),
         [words[ensemble.mean_log_likelihood(row)] for row in label_scores] if words else [])
     rows = ensemble.summary({name: _metric_names(metrics, task_name)
                              for name, metrics in per_prompt.items()},
@@ -171,10 +168,11 @@ class MultiPromptEvaluator:
     return {f'{task_name}/{row}/{metric}': value for row, metrics in rows.items()
             for metric, value in metrics.items()}
 
-  def _metrics(self, task: seqio.Task, step: Optional[int], predictions: list, scores: list,
-               ranked_words: list[str]) -> dict[str, float]:
+  def _metrics(self, task: seqio.Task, examples: list[dict], step: Optional[int],
+               predictions: list, scores: list, ranked_words: list[str]) -> dict[str, float]:
     """`task`'s metrics, {'task/metric': value}: seqio's for (example index, tokens)
-    `predictions` and (index, score) `scores`, and the rank metrics of `ranked_words`."""
+    `predictions` and (index, score) `scores`, and the rank metrics of `ranked_words` for its
+    `examples`."""
     metrics = {}
     if predictions or scores:
       all_metrics, _ = self._evaluator(task.name).evaluate(
@@ -184,7 +182,7 @@ class MultiPromptEvaluator:
                  for name, task_metrics in all_metrics.result().items()
                  for metric, value in task_metrics.items()}
     if ranked_words:
-      metrics.update(evaluation.rank_metrics(task, self._examples(task.name), ranked_words))
+      metrics.update(evaluation.rank_metrics(task, examples, ranked_words))
     return metrics
 
   @staticmethod
