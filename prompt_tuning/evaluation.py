@@ -68,6 +68,12 @@ def label_features(task: seqio.Task, words: Sequence[str], length: int) -> dict[
       raise ValueError(f'label {word!r} of task {task.name!r} is {len(ids)} tokens but '
                        f"TASK_FEATURE_LENGTHS['targets'] is {length}; raise it.")
     targets[row, :len(ids)] = ids
+  return decoder_features(targets)
+
+
+def decoder_features(targets: np.ndarray) -> dict[str, np.ndarray]:
+  """The decoder features of zero-padded `targets` [B, T]: inputs shifted right by one, loss
+  weights where a token is."""
   return {'decoder_target_tokens': targets,
           'decoder_input_tokens': np.pad(targets, [(0, 0), (1, 0)])[:, :-1],
           'decoder_loss_weights': (targets > 0).astype(np.int32)}
