@@ -26,10 +26,10 @@ import jax
 import numpy as np
 
 from prompt_tuning import gin_config
-from prompt_tuning import models
-from prompt_tuning import network
-from prompt_tuning import prompts
-from prompt_tuning import runs
+from prompt_tuning.model import models
+from prompt_tuning.model import network
+from prompt_tuning.model import prompts
+from prompt_tuning.training import runs
 
 _SIZE = flags.DEFINE_string('size', 'small', 'T5 1.1 size: a gin/models/t5_1_1_<size>.gin.')
 _BATCH = flags.DEFINE_integer('batch', 32, 'Examples per batch.')

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import gin_config
-from prompt_tuning import models
-from prompt_tuning import partitioning
-from prompt_tuning import trainer
+from prompt_tuning.model import models
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import trainer
 
 _SIZE = flags.DEFINE_string('size', 'small', 'T5 1.1 size: a gin/models/t5_1_1_<size>.gin.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Examples per step.')

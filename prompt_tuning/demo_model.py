@@ -72,7 +72,7 @@ def verified_params_path(directory: str = ASSETS) -> str:
 def package(params_dir: str, directory: str = ASSETS) -> str:
   """Stores `params_dir` in bfloat16 as the shipped model, with its manifest; returns the
   fingerprint of the weights as the demo loads them (float32)."""
-  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(os.path.abspath(params_dir))
   stored = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.bfloat16), params)

@@ -22,17 +22,17 @@ from typing import Mapping, Sequence
 import gin
 import jax
 
-from prompt_tuning import checkpoints
-from prompt_tuning import data
-from prompt_tuning import ensemble
-from prompt_tuning import evaluation
 from prompt_tuning import gin_config
-from prompt_tuning import multi_prompt
-from prompt_tuning import partitioning
-from prompt_tuning import preflight
-from prompt_tuning import progress
-from prompt_tuning import prompt_bank
-from prompt_tuning import runs
+from prompt_tuning.inference import ensemble
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import multi_prompt
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import data
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import preflight
+from prompt_tuning.training import progress
+from prompt_tuning.training import runs
 
 
 def prepare_for_eval(setup: runs.RunSetup, eval_data: evaluation.EvalConfig,

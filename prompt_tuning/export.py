@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import checkpoints
 from prompt_tuning import gin_config
-from prompt_tuning import hf_checkpoint
-from prompt_tuning import initial_checkpoint
-from prompt_tuning import models
-from prompt_tuning import prompt_bank
-from prompt_tuning import prompt_formats
+from prompt_tuning.formats import hf_checkpoint
+from prompt_tuning.formats import initial_checkpoint
+from prompt_tuning.formats import prompt_formats
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import models
+from prompt_tuning.training import checkpoints
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'The run (MODEL_DIR) to export from.')
 _FORMAT = flags.DEFINE_enum('format', 'npy', ['npy', 'peft', 'hf'],

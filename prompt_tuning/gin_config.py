@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging
 import gin
 
-from prompt_tuning import distributed
-from prompt_tuning import preemption
+from prompt_tuning.training import distributed
+from prompt_tuning.training import preemption
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin files to parse, in order.')
 _GIN_BINDINGS = flags.DEFINE_multi_string(

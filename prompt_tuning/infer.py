@@ -26,12 +26,12 @@ from typing import Iterable, Mapping, Optional, Sequence
 import gin
 import jax
 
-from prompt_tuning import checkpoints
-from prompt_tuning import evaluation
 from prompt_tuning import evaluate
 from prompt_tuning import gin_config
-from prompt_tuning import prompt_bank
-from prompt_tuning import runs
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import runs
 
 
 def read_requests(path: str) -> list[dict]:

@@ -26,14 +26,14 @@ import matplotlib
 import numpy as np
 import sentencepiece
 
-from prompt_tuning import checkpoints
 from prompt_tuning import export
 from prompt_tuning import gin_config
-from prompt_tuning import initial_checkpoint
-from prompt_tuning import labels
-from prompt_tuning import models
-from prompt_tuning import prompt_bank
-from prompt_tuning import prompt_formats
+from prompt_tuning.formats import initial_checkpoint
+from prompt_tuning.formats import prompt_formats
+from prompt_tuning.inference import labels
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import models
+from prompt_tuning.training import checkpoints
 from prompt_tuning import show_task  # pylint: disable=unused-import  # Defines --module.
 
 matplotlib.use('Agg')

@@ -43,14 +43,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 import uvicorn
 
-from prompt_tuning import data
 from prompt_tuning import evaluate
-from prompt_tuning import evaluation
 from prompt_tuning import gin_config
-from prompt_tuning import labels
-from prompt_tuning import prompt_bank
-from prompt_tuning import runs
-from prompt_tuning import serving
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import labels
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.inference import serving
+from prompt_tuning.training import data
+from prompt_tuning.training import runs
 
 if __name__ != '__main__':  # `python -m` runs this file twice: as __main__, then as the module.
   _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on (0.0.0.0: all).')

@@ -11,10 +11,10 @@ from typing import Sequence
 
 from absl import flags
 
-from prompt_tuning import data
-from prompt_tuning import evaluation
 from prompt_tuning import gin_config
-from prompt_tuning import labels
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import labels
+from prompt_tuning.training import data
 
 _MODULE = flags.DEFINE_multi_string('module', [], 'Module(s) that register the task.')
 _SPLIT = flags.DEFINE_string('split', 'validation', 'The split to read.')

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import gin_config
-from prompt_tuning import models
+from prompt_tuning.model import models
 
 
 def parameter_table(model: models.EncoderDecoderModel) -> list[tuple[str, tuple, str]]:

@@ -23,21 +23,21 @@ from typing import Optional
 import gin
 import jax
 
-from prompt_tuning import checkpoints
-from prompt_tuning import data
-from prompt_tuning import distributed
-from prompt_tuning import evaluation
 from prompt_tuning import gin_config
-from prompt_tuning import labels
-from prompt_tuning import partitioning
-from prompt_tuning import preflight
-from prompt_tuning import preemption
-from prompt_tuning import progress
-from prompt_tuning import prompt_bank
-from prompt_tuning import run_lock
-from prompt_tuning import runs
-from prompt_tuning import trainer
-from prompt_tuning import write_errors
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import labels
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import data
+from prompt_tuning.training import distributed
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import preemption
+from prompt_tuning.training import preflight
+from prompt_tuning.training import progress
+from prompt_tuning.training import run_lock
+from prompt_tuning.training import runs
+from prompt_tuning.training import trainer
+from prompt_tuning.training import write_errors
 
 
 @gin.configurable

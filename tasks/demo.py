@@ -15,7 +15,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import demo_model
-from prompt_tuning import labels
+from prompt_tuning.inference import labels
 from tasks import metrics
 from tasks import preprocessors
 from tasks import synthetic_reviews

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import seqio
 import tensorflow_datasets as tfds
 
-from prompt_tuning import labels
+from prompt_tuning.inference import labels
 
 DEFAULT_VOCABULARY_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 TASKLESS_SUFFIX = '_taskless'

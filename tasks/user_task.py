@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from prompt_tuning import labels
+from prompt_tuning.inference import labels
 from tasks import metrics
 
 MetricFn = Callable[[Sequence, Sequence], dict[str, float]]

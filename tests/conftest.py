@@ -32,7 +32,7 @@ def _import_torch_side(*extra):
 def make_hf_t5():
   """Factory: a randomly initialised HF T5 (eval mode) and its weights in our layout."""
   torch, transformers = _import_torch_side()
-  from prompt_tuning import hf_convert  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.formats import hf_convert  # pylint: disable=g-import-not-at-top
 
   def make(seed=0, lm_head_scale=None, eos_boost=0.0, **config):
     torch.manual_seed(seed)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import cli
-from prompt_tuning import checkpoints
 from prompt_tuning import export
 from prompt_tuning import gin_config
-from prompt_tuning import models
-from prompt_tuning import prompt_bank
-from prompt_tuning import runs
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import models
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import runs
 
 SHORT_RUN = ('--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=0',
              '--gin.DROPOUT_RATE=0.0')

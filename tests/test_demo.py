@@ -17,8 +17,8 @@ import cli
 from paths import VOCAB_PATH
 from prompt_tuning import demo_model
 from prompt_tuning import gin_config
-from prompt_tuning import initializers
-from prompt_tuning import labels
+from prompt_tuning.inference import labels
+from prompt_tuning.model import initializers
 from tasks import preprocessors
 from tasks import synthetic_reviews
 

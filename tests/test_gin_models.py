@@ -10,7 +10,7 @@ import pytest
 
 from paths import VOCAB_PATH
 from prompt_tuning import gin_config
-from prompt_tuning import models
+from prompt_tuning.model import models
 
 # Published T5 1.1 sizes (rounded as in the T5 1.1 release notes).
 PUBLISHED = {'small': 77e6, 'base': 248e6, 'large': 783e6, 'xl': 2.85e9, 'xxl': 11.1e9}
@@ -83,7 +83,7 @@ def _clear_gin():
 
 @pytest.mark.parametrize('run_file', sorted(os.listdir(os.path.join(gin_config.GIN_DIR, 'runs'))))
 def test_run_gin_files_parse_and_build(run_file):
-  from prompt_tuning import runs  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import runs  # pylint: disable=g-import-not-at-top
   layers = [] if run_file == 'prompt_finetune.gin' else [f'runs/{run_file}']
   gin_config.parse(['models/t5_1_1_tiny.gin', 'prompts/uniform.gin', 'runs/prompt_finetune.gin',
                     *layers], ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'unused'"])

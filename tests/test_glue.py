@@ -122,7 +122,7 @@ def test_the_tfds_data_dir_flag_overrides_tfds_data_dir(tmp_path, monkeypatch):
 
 
 def test_classification_tasks_register_their_label_words():
-  from prompt_tuning import labels  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.inference import labels  # pylint: disable=g-import-not-at-top
   assert labels.labels_of('glue_rte_v002') == ('entailment', 'not_entailment')
   assert labels.labels_of('glue_mnli_v002_taskless') == ('entailment', 'neutral', 'contradiction')
   assert labels.labels_of('glue_stsb_v002') is None  # Regression: no rank classification.

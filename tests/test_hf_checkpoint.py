@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tiny_checkpoints import TINY, assert_placed, load, random_params
-from prompt_tuning import hf_checkpoint
-from prompt_tuning import hf_convert
-from prompt_tuning import network
-from prompt_tuning import safetensors_file
+from prompt_tuning.formats import hf_checkpoint
+from prompt_tuning.formats import hf_convert
+from prompt_tuning.formats import safetensors_file
+from prompt_tuning.model import network
 
 T5_1_0 = network.T5Config(**{**TINY.__dict__, 'mlp_activations': ('relu',),
                              'logits_via_embedding': True})

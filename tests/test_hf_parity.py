@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import make_batch
-from prompt_tuning import decoding
-from prompt_tuning import hf_convert
-from prompt_tuning import models
-from prompt_tuning import network
+from prompt_tuning.formats import hf_convert
+from prompt_tuning.model import decoding
+from prompt_tuning.model import models
+from prompt_tuning.model import network
 
 
 def _relative_error(ours, theirs):

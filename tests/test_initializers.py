@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from paths import VOCAB_PATH
-from prompt_tuning import initializers
+from prompt_tuning.model import initializers
 
 RNG = jax.random.PRNGKey(0)
 EMBEDDINGS = jnp.asarray(np.random.RandomState(0).normal(size=(32128, 16)), jnp.float32)

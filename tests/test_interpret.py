@@ -10,9 +10,9 @@ import cli
 from test_bad_input import assert_one_clear_line
 from prompt_tuning import demo_model
 from prompt_tuning import gin_config
-from prompt_tuning import initializers
 from prompt_tuning import interpret
-from prompt_tuning import prompt_formats
+from prompt_tuning.formats import prompt_formats
+from prompt_tuning.model import initializers
 
 TABLE = np.random.RandomState(0).normal(size=(128, 16)).astype(np.float32)  # [V, E]
 EXCLUDED = [0, 1, *range(100, 128)]  # Padding, EOS, sentinels and padding rows.

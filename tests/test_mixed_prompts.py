@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import make_batch
-from prompt_tuning import models
-from prompt_tuning import network
-from prompt_tuning import partitioning
-from prompt_tuning import prompts
+from prompt_tuning.model import models
+from prompt_tuning.model import network
+from prompt_tuning.model import prompts
+from prompt_tuning.training import partitioning
 
 CONFIG = network.T5Config(vocab_size=64, emb_dim=32, num_heads=4, num_encoder_layers=2,
                           num_decoder_layers=2, head_dim=8, mlp_dim=64, dtype='float32')

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import cli
-from prompt_tuning import ensemble
 from prompt_tuning import export
-from prompt_tuning import labels
-from prompt_tuning import prompt_bank
+from prompt_tuning.inference import ensemble
+from prompt_tuning.inference import labels
+from prompt_tuning.inference import prompt_bank
 
 TASKS = {'a': 'tiny_sentiment', 'b': 'tiny_opposite'}  # Prompt name -> the task it trains on.
 LABELS = ['positive', 'negative']

@@ -13,7 +13,7 @@ import pytest
 
 import cli
 import multihost_task
-from prompt_tuning import distributed
+from prompt_tuning.training import distributed
 
 
 def _free_port() -> int:

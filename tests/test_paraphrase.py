@@ -7,10 +7,10 @@ import seqio
 import tensorflow_datasets as tfds
 
 import test_glue  # First: it points T5_VOCABULARY_PATH at the test vocabulary.
-from prompt_tuning import data
-from prompt_tuning import evaluation
 from prompt_tuning import gin_config
-from prompt_tuning import labels
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import labels
+from prompt_tuning.training import data
 from tasks import glue
 from tasks import text_formats
 

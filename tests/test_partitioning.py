@@ -10,8 +10,8 @@ import pytest
 from flax import traverse_util
 
 from prompt_tuning import gin_config
-from prompt_tuning import models
-from prompt_tuning import partitioning
+from prompt_tuning.model import models
+from prompt_tuning.training import partitioning
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 't5_1_1_small_prompt_specs.txt')
 SHAPES = {name: jax.ShapeDtypeStruct((8, 16), jnp.int32) for name in

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import cli
-from prompt_tuning import preemption
+from prompt_tuning.training import preemption
 
 
 def _start(model_dir, *args):

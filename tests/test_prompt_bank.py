@@ -10,9 +10,9 @@ import pytest
 
 import cli
 from prompt_tuning import interpret
-from prompt_tuning import labels
-from prompt_tuning import prompt_bank
-from prompt_tuning import prompt_formats
+from prompt_tuning.formats import prompt_formats
+from prompt_tuning.inference import labels
+from prompt_tuning.inference import prompt_bank
 
 LABELS = ['positive', 'negative']
 WIDTH = 32  # emb_dim of models/t5_1_1_tiny.gin.

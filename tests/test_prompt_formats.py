@@ -12,14 +12,14 @@ import pytest
 
 from conftest import make_batch
 from tiny_checkpoints import random_params
-from prompt_tuning import checkpoints
-from prompt_tuning import hf_checkpoint
-from prompt_tuning import network
-from prompt_tuning import prompt_bank
-from prompt_tuning import partitioning
-from prompt_tuning import prompt_formats
-from prompt_tuning import safetensors_file
-from prompt_tuning import trainer
+from prompt_tuning.formats import hf_checkpoint
+from prompt_tuning.formats import prompt_formats
+from prompt_tuning.formats import safetensors_file
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import network
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import trainer
 
 PROMPT = np.random.RandomState(1).uniform(-0.5, 0.5, (5, 32)).astype(np.float32)
 

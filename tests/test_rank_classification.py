@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 
 from paths import VOCAB_PATH
-from prompt_tuning import evaluation
-from prompt_tuning import partitioning
+from prompt_tuning.inference import evaluation
+from prompt_tuning.training import partitioning
 from tasks import user_task
 
 # (input, target); a label's score is how often its token occurs in the input, so the last

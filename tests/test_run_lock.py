@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import cli
-from prompt_tuning import run_lock
+from prompt_tuning.training import run_lock
 from test_bad_input import snapshot
 
 RUN = ('--gin.CHECKPOINT_PERIOD=2', '--gin.train.train.eval_data=None')

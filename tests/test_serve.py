@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 
 import cli
-from prompt_tuning import data
-from prompt_tuning import evaluation
 from prompt_tuning import gin_config
-from prompt_tuning import multi_prompt
-from prompt_tuning import partitioning
-from prompt_tuning import prompt_bank
-from prompt_tuning import runs
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import multi_prompt
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.training import data
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import runs
 
 TASKS = {'a': 'tiny_sentiment', 'b': 'tiny_opposite', 'c': 'tiny_serve_topic',
          'd': 'tiny_sentiment'}  # Prompt -> its task; d is added while serving.

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import test_glue  # First: it points T5_VOCABULARY_PATH at the test vocabulary.
-from prompt_tuning import labels
+from prompt_tuning.inference import labels
 from tasks import postprocessors
 from tasks import superglue
 from tasks import text_formats

@@ -13,11 +13,11 @@ from flax import traverse_util
 
 from test_trainer import FEATURES, _batches, _parse, _train
 from tiny_checkpoints import TINY, assert_placed, load, random_params
-from prompt_tuning import checkpoints
-from prompt_tuning import network
-from prompt_tuning import partitioning
-from prompt_tuning import runs
-from prompt_tuning import t5x_checkpoint
+from prompt_tuning.formats import t5x_checkpoint
+from prompt_tuning.model import network
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import runs
 
 
 def _zarr_spec(directory, name, value, driver):

@@ -10,12 +10,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`.
-from prompt_tuning import checkpoints
-from prompt_tuning import data
 from prompt_tuning import gin_config
-from prompt_tuning import partitioning
-from prompt_tuning import runs
 from prompt_tuning import train
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import data
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import runs
 
 FEATURES = {'inputs': 16, 'targets': 4}
 

@@ -10,7 +10,7 @@ import pytest
 
 from paths import VOCAB_PATH
 import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`.
-from prompt_tuning import labels
+from prompt_tuning.inference import labels
 from tasks import user_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

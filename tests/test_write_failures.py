@@ -14,8 +14,8 @@ import gin
 import pytest
 
 import cli
-from prompt_tuning import run_lock
-from prompt_tuning import write_errors
+from prompt_tuning.training import run_lock
+from prompt_tuning.training import write_errors
 from test_bad_input import assert_one_clear_line, snapshot
 
 RUN = ('--gin.CHECKPOINT_PERIOD=2', '--gin.train.train.eval_data=None')

@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 
-from prompt_tuning import models
-from prompt_tuning import network
-from prompt_tuning import partitioning
-from prompt_tuning import runs
+from prompt_tuning.model import models
+from prompt_tuning.model import network
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import runs
 
 TINY = network.T5Config(vocab_size=64, emb_dim=32, num_heads=4, num_encoder_layers=2,
                         num_decoder_layers=2, head_dim=8, mlp_dim=64, dtype='float32')

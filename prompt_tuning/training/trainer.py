@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from prompt_tuning import models
-from prompt_tuning import partitioning
+from prompt_tuning.model import models
+from prompt_tuning.training import partitioning
 
 Params = Any
 PROMPT_ONLY = (r'encoder/prompt/.*',)

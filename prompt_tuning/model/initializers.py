@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import sentencepiece
 
-from prompt_tuning import prompt_formats
+from prompt_tuning.formats import prompt_formats
 
 Array = jax.Array
 PromptInitializer = Callable[[Array, tuple[int, int], Array], Array]

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import decoding
-from prompt_tuning import initializers
-from prompt_tuning import network
-from prompt_tuning import prompts
+from prompt_tuning.model import decoding
+from prompt_tuning.model import initializers
+from prompt_tuning.model import network
+from prompt_tuning.model import prompts
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -4,7 +4,7 @@ jax starts the service inside process 0, so when process 0 dies every other proc
 aborts at once with a native stack trace. Run beside process 0 instead, the service outlives it
 long enough for the others' `distributed.ProcessWatch` to name the lost process and exit cleanly.
 
-    python -m prompt_tuning.coordination_service BIND_ADDRESS NUM_PROCESSES HEARTBEAT_TIMEOUT_S
+    python -m prompt_tuning.training.coordination_service BIND_ADDRESS NUM_PROCESSES HEARTBEAT_TIMEOUT_S
         LINGER_S
 
 prints `ready` once it listens, then serves until its standard input says `stop` (process 0 is

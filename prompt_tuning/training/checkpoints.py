@@ -21,8 +21,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
-from prompt_tuning import trainer
-from prompt_tuning import write_errors
+from prompt_tuning.training import trainer
+from prompt_tuning.training import write_errors
 
 Params = Any
 

@@ -39,8 +39,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from prompt_tuning import checkpoints
-from prompt_tuning import write_errors
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import write_errors
 
 LOCK_NAME = 'train.lock'
 HEARTBEAT_S = 60

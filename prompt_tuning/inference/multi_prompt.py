@@ -22,13 +22,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_tuning import data
-from prompt_tuning import ensemble
-from prompt_tuning import evaluation
-from prompt_tuning import labels
-from prompt_tuning import models
-from prompt_tuning import partitioning
-from prompt_tuning import prompt_bank
+from prompt_tuning.inference import ensemble
+from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import labels
+from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import models
+from prompt_tuning.training import data
+from prompt_tuning.training import partitioning
 
 Params = Any
 DECODER_FEATURES = ('decoder_target_tokens', 'decoder_input_tokens', 'decoder_loss_weights')

@@ -32,7 +32,7 @@ from absl import flags
 import jax
 from jax._src import distributed as jax_distributed  # Its client: no public way to reach it.
 
-from prompt_tuning import coordination_service
+from prompt_tuning.training import coordination_service
 
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     'coordinator_address', None, 'HOST:PORT of process 0, for GPU/CPU clusters (TPU pods '

@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 
 import gin
 
-from prompt_tuning import data
-from prompt_tuning import initializers
+from prompt_tuning.model import initializers
+from prompt_tuning.training import data
 
 _LABELS: dict[str, tuple[str, ...]] = {}
 
@@ -43,7 +43,7 @@ def task_labels(task_name: Optional[str] = None, task_modules: str | Sequence[st
   registered = labels_of(task_name)
   if registered is None:
     raise ValueError(f'task {task_name!r} has no registered label words; call '
-                     'prompt_tuning.labels.register_labels in its module, or set '
+                     'prompt_tuning.inference.labels.register_labels in its module, or set '
                      '--gin.CLASS_LABELS="[...]".')
   return registered
 

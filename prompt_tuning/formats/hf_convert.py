@@ -8,8 +8,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from prompt_tuning import network
-from prompt_tuning.network import T5Config
+from prompt_tuning.model import network
+from prompt_tuning.model.network import T5Config
 
 Params = dict[str, Any]
 

@@ -23,9 +23,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from prompt_tuning import checkpoints
-from prompt_tuning import hf_checkpoint
-from prompt_tuning import t5x_checkpoint
+from prompt_tuning.formats import hf_checkpoint
+from prompt_tuning.formats import t5x_checkpoint
+from prompt_tuning.training import checkpoints
 
 Params = Any
 KINDS = {'ours': 'our format', 't5x': 'a T5X checkpoint', 't5x_orbax': 'a T5X Orbax checkpoint',

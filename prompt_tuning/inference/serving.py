@@ -26,11 +26,11 @@ import numpy as np
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily
 
-from prompt_tuning import evaluation
-from prompt_tuning import models
-from prompt_tuning import partitioning
-from prompt_tuning import preflight
-from prompt_tuning import prompts
+from prompt_tuning.inference import evaluation
+from prompt_tuning.model import models
+from prompt_tuning.model import prompts
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import preflight
 
 Params = Any
 BATCHING = ('mixed', 'one_task')

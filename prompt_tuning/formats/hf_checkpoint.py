@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from prompt_tuning import hf_convert
-from prompt_tuning import safetensors_file
-from prompt_tuning.network import T5Config
+from prompt_tuning.formats import hf_convert
+from prompt_tuning.formats import safetensors_file
+from prompt_tuning.model.network import T5Config
 
 Params = Any
 CONFIG = 'config.json'

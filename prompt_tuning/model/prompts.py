@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from prompt_tuning import initializers
+from prompt_tuning.model import initializers
 
 Array = jax.Array
 

@@ -30,10 +30,10 @@ from typing import Optional, Sequence
 from absl import flags
 import numpy as np
 
-from prompt_tuning import checkpoints
-from prompt_tuning import prompt_formats
-from prompt_tuning import prompts
-from prompt_tuning import t5x_checkpoint
+from prompt_tuning.formats import prompt_formats
+from prompt_tuning.formats import t5x_checkpoint
+from prompt_tuning.model import prompts
+from prompt_tuning.training import checkpoints
 
 PROMPT_FLAG = flags.DEFINE_multi_string(
     'prompt', [], 'A trained prompt, NAME=PATH or NAME=PATH@STEP (repeat the flag for more): '

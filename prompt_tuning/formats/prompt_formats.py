@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from prompt_tuning import safetensors_file
+from prompt_tuning.formats import safetensors_file
 
 CONFIG = 'adapter_config.json'
 WEIGHTS = 'adapter_model.safetensors'

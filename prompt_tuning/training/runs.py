@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning import checkpoints
-from prompt_tuning import data
-from prompt_tuning import initial_checkpoint
-from prompt_tuning import models
-from prompt_tuning import partitioning
-from prompt_tuning import trainer
+from prompt_tuning.formats import initial_checkpoint
+from prompt_tuning.model import models
+from prompt_tuning.training import checkpoints
+from prompt_tuning.training import data
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import trainer
 
 Params = Any
 

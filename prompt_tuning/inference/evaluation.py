@@ -11,12 +11,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_tuning import data
-from prompt_tuning import labels
-from prompt_tuning import models
-from prompt_tuning import partitioning
-from prompt_tuning import preflight
-from prompt_tuning import trainer
+from prompt_tuning.inference import labels
+from prompt_tuning.model import models
+from prompt_tuning.training import data
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import preflight
+from prompt_tuning.training import trainer
 
 Params = Any
 
