@@ -9,14 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
+import gin
 
 from conftest import _import_torch_side
+from prompt_tuning import gin_config
 from prompt_tuning.formats import hf_checkpoint
 from prompt_tuning.formats import hf_decoder
 from prompt_tuning.formats import initial_checkpoint
 from prompt_tuning.model import decoder_models
 from prompt_tuning.model import decoder_network
 from prompt_tuning.model import prompts
+from prompt_tuning.training import partitioning
 
 FAMILIES = ('llama', 'gemma', 'qwen2', 'gpt2')
 VOCAB, EOS = 96, 1
@@ -107,11 +111,11 @@ def test_logits_match_hf_with_and_without_prompt(family):
   tokens = batch['decoder_target_tokens']
   real = np.asarray(decoder_models.token_mask(tokens), bool)
   ours = decoder_models.DecoderOnlyModel(decoder_network.DecoderOnlyTransformer(cfg))
-  error = _relative_error(np.asarray(ours.logits(params, batch))[real],
+  error = _relative_error(np.asarray(jax.jit(ours.logits)(params, batch))[real],
                           _hf_logits(hf_model, tokens)[real])
   prompt = _prompt(cfg, 4)
   prompted = decoder_models.DecoderOnlyModel(decoder_network.DecoderOnlyTransformer(cfg, 4))
-  prompted_logits = prompted.logits(_with_prompt(params, prompt), batch)
+  prompted_logits = jax.jit(prompted.logits)(_with_prompt(params, prompt), batch)
   prompted_error = _relative_error(np.asarray(prompted_logits)[real],
                                    _hf_logits(hf_model, tokens, prompt)[real])
   print(f'{family}: relative logit error {error:.1e}, with a prompt {prompted_error:.1e}')
@@ -175,3 +179,108 @@ def test_weights_round_trip_and_saved_directory_loads_in_transformers(family, tm
   np.testing.assert_allclose(_hf_logits(loaded, tokens), _hf_logits(hf_model, tokens),
                              rtol=1e-5, atol=1e-5)
   assert hf_decoder.read_config(str(tmp_path), dtype='float32') == cfg
+
+
+def test_mixed_prompt_table_batch_equals_each_prompt_alone():
+  """Each row of a mixed batch equals HF fed that row's prompt alone. GPT-2: its learned
+  positions would show any shift from the table's left padding."""
+  hf_model, cfg, params = _hf_model('gpt2')
+  shown = [_prompt(cfg, 2, seed=5), _prompt(cfg, 5, seed=6)]
+  batch = {**_lm_batch([4, 6, 3, 5], [3, 2, 4, 3], seed=7), 'prompt_ids': jnp.array([1, 0, 0, 1])}
+  table = prompts.pad_prompts(shown)
+  frozen = decoder_models.DecoderOnlyModel(decoder_network.DecoderOnlyTransformer(cfg),
+                                           eos_id=EOS)
+  logits = np.asarray(jax.jit(frozen.logits)(params, batch, prompt_table=table))
+  tokens, _ = jax.jit(frozen.predict_batch, static_argnames='max_decode_length')(
+      params, batch, max_decode_length=6, prompt_table=table)
+  for prompt_id, prompt in enumerate(shown):
+    rows = np.flatnonzero(np.asarray(batch['prompt_ids']) == prompt_id)
+    alone = {k: v[rows] for k, v in batch.items() if k != 'prompt_ids'}
+    real = np.asarray(decoder_models.token_mask(alone['decoder_target_tokens']), bool)
+    hf_logits = _hf_logits(hf_model, alone['decoder_target_tokens'], prompt)
+    assert _relative_error(logits[rows][real], hf_logits[real]) <= 1e-4
+    np.testing.assert_array_equal(np.asarray(tokens)[rows],
+                                  _hf_greedy(hf_model, alone, 6, prompt))
+
+
+def test_only_targets_carry_loss():
+  """The loss is the mean target-token cross-entropy of HF's logits (prompt run too); inputs,
+  padding and the prompt are weightless, `decoder_input_tokens` is not read."""
+  hf_model, cfg, params = _hf_model('qwen2')
+  prompt = _prompt(cfg, 3)
+  model = decoder_models.DecoderOnlyModel(decoder_network.DecoderOnlyTransformer(cfg, 3),
+                                          z_loss=0.0)
+  params = _with_prompt(params, prompt)
+  batch = _lm_batch([5, 3], [2, 4], seed=8)
+  loss_fn = jax.jit(model.loss_fn)
+  loss, metrics = loss_fn(params, batch)
+  tokens = np.asarray(batch['decoder_target_tokens'])
+  log_probs = jax.nn.log_softmax(_hf_logits(hf_model, tokens, prompt))
+  weights = np.asarray(batch['decoder_loss_weights'])
+  picked = np.take_along_axis(np.asarray(log_probs)[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+  expected = -(picked * weights[:, 1:]).sum() / weights.sum()
+  assert metrics['num_tokens'] == weights.sum() == 6
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(model.score_batch)(params, batch),
+                             (picked * weights[:, 1:]).sum(axis=1), rtol=1e-5)
+  scrambled = {**batch, 'decoder_input_tokens': batch['decoder_input_tokens'][:, ::-1]}
+  assert loss_fn(params, scrambled)[0] == loss
+  changed = {**batch, 'decoder_target_tokens': batch['decoder_target_tokens'].at[0, 6].set(9)}
+  assert loss_fn(params, changed)[0] != loss
+
+
+def test_hf_directory_placed_into_scanned_layers(tmp_path):
+  hf_model, cfg, _ = _hf_model('llama')
+  scanned_cfg = decoder_network.DecoderConfig(**{**cfg.__dict__, 'scan_layers': True})
+  hf_model.save_pretrained(tmp_path)
+  loaded, read_cfg = hf_decoder.load_params(str(tmp_path), dtype='float32', scan_layers=True)
+  assert read_cfg == scanned_cfg
+  model = decoder_models.DecoderOnlyModel(decoder_network.DecoderOnlyTransformer(scanned_cfg),
+                                          eos_id=EOS)
+  batch = _lm_batch([6, 2, 9, 4], [3, 3, 3, 3], seed=2)
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          abstract)
+  scanned = initial_checkpoint.place(traverse_util.flatten_dict(loaded, sep='/'), abstract)
+  assert scanned['decoder']['layers']['mlp']['wo']['kernel'].shape[0] == cfg.num_layers
+  tokens = batch['decoder_target_tokens']
+  real = np.asarray(decoder_models.token_mask(tokens), bool)
+  assert _relative_error(np.asarray(jax.jit(model.logits)(scanned, batch))[real],
+                         _hf_logits(hf_model, tokens)[real]) <= 1e-4
+  predicted, _ = jax.jit(model.predict_batch, static_argnames='max_decode_length')(
+      scanned, batch, max_decode_length=5)
+  np.testing.assert_array_equal(predicted, _hf_greedy(hf_model, batch, 5))
+
+
+# Parameter counts of the published checkpoints (tied output layers counted once).
+PUBLISHED = {'llama_3_2_1b': 1_235_814_400, 'llama_3_2_3b': 3_212_749_824,
+             'gemma_2b': 2_506_172_416, 'qwen2_5_0_5b': 494_032_768,
+             'qwen2_5_1_5b': 1_543_714_304, 'gpt2': 124_439_808, 'decoder_tiny': 2_074_784}
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED))
+def test_gin_files_build_with_published_parameter_counts(name):
+  gin_config.parse([f'models/{name}.gin'],
+                   ['decoder_models.build_decoder_model.prompt_length = 10'])
+  try:
+    model = decoder_models.build_decoder_model()
+  finally:
+    gin.clear_config()
+  shapes = model.batch_shapes({'inputs': 8, 'targets': 4}, 2)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), shapes)  # Nothing allocated.
+  assert params['decoder']['prompt']['prompt'].shape == (10, model.module.config.emb_dim)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert count - 10 * model.module.config.emb_dim == PUBLISHED[name]
+  mesh_specs = partitioning.mesh_specs(model.logical_axes(shapes))
+  assert mesh_specs['token_embedder']['embedding'] == jax.sharding.PartitionSpec('model', None)
+
+
+def test_unsupported_hf_configs_are_one_line_errors():
+  with pytest.raises(ValueError, match=r"model_type 'gemma2' is not supported; .*'gpt2'"):
+    hf_decoder.config_from_hf({'model_type': 'gemma2'})
+  qwen = {**_CONFIGS['qwen2'][1], 'model_type': 'qwen2', 'use_sliding_window': True}
+  with pytest.raises(ValueError, match='use_sliding_window=true is not supported'):
+    hf_decoder.config_from_hf(qwen)
+  with pytest.raises(ValueError, match='num_heads=4 must be a multiple of num_kv_heads=3'):
+    decoder_network.DecoderConfig(num_heads=4, num_kv_heads=3)
