@@ -77,8 +77,10 @@ def _lm_batch(input_lengths, target_lengths, seed=0):
     weights[row, n:n + m] = 1
     causal[row, :n + 1] = 1
   inputs = np.concatenate([np.zeros_like(tokens[:, :1]), tokens[:, :-1]], axis=1)
-  return {'decoder_target_tokens': jnp.asarray(tokens), 'decoder_input_tokens': jnp.asarray(inputs),
-          'decoder_loss_weights': jnp.asarray(weights), 'decoder_causal_attention': jnp.asarray(causal)}
+  return {'decoder_target_tokens': jnp.asarray(tokens),
+          'decoder_input_tokens': jnp.asarray(inputs),
+          'decoder_loss_weights': jnp.asarray(weights),
+          'decoder_causal_attention': jnp.asarray(causal)}
 
 
 def _hf_logits(model, tokens, prompt=None):
@@ -172,13 +174,15 @@ def test_weights_round_trip_and_saved_directory_loads_in_transformers(family, tm
   assert set(back) == set(state)
   for key, value in state.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
-  hf_decoder.save_hf_directory(_with_prompt(params, _prompt(cfg, 2)), cfg, str(tmp_path))
+  hf_decoder.save_hf_directory(_with_prompt(params, _prompt(cfg, 2)), cfg, str(tmp_path),
+                               eos_id=EOS)
   loaded = transformers.AutoModelForCausalLM.from_pretrained(
       tmp_path, attn_implementation='eager', dtype=torch.float32).eval()
   tokens = _lm_batch([5, 3], [2, 4])['decoder_target_tokens']
   np.testing.assert_allclose(_hf_logits(loaded, tokens), _hf_logits(hf_model, tokens),
                              rtol=1e-5, atol=1e-5)
   assert hf_decoder.read_config(str(tmp_path), dtype='float32') == cfg
+  assert loaded.config.eos_token_id == EOS
 
 
 def test_mixed_prompt_table_batch_equals_each_prompt_alone():

@@ -11,7 +11,7 @@ Qwen2's sliding window are not supported.
 
 import json
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -133,7 +133,8 @@ def _gpt2_pairs(config: DecoderConfig) -> Iterator[tuple[tuple[str, ...], str, b
   yield ('token_embedder', 'embedding'), 'transformer.wte.weight', False
   yield ('decoder', 'position_embedder', 'embedding'), 'transformer.wpe.weight', False
   modules = [('pre_self_attention_layer_norm', 'ln_1'), ('pre_mlp_layer_norm', 'ln_2'),
-             ('self_attention/query', 'attn.c_attn#query'), ('self_attention/key', 'attn.c_attn#key'),
+             ('self_attention/query', 'attn.c_attn#query'),
+             ('self_attention/key', 'attn.c_attn#key'),
              ('self_attention/value', 'attn.c_attn#value'), ('self_attention/out', 'attn.c_proj'),
              ('mlp/wi', 'mlp.c_fc'), ('mlp/wo', 'mlp.c_proj')]
   for i in range(config.num_layers):
@@ -201,8 +202,9 @@ def to_hf(params: Params, config: DecoderConfig) -> dict[str, np.ndarray]:
     state_dict[stem] = np.concatenate(
         [state_dict.pop(f'{stem}#{part}') for part in ('query', 'key', 'value')], axis=-1)
   if config.tie_embeddings:
-    embed = 'transformer.wte.weight' if config.positions == 'learned' else 'model.embed_tokens.weight'
-    state_dict['lm_head.weight'] = state_dict[embed]
+    gpt2 = config.positions == 'learned'
+    state_dict['lm_head.weight'] = state_dict[
+        'transformer.wte.weight' if gpt2 else 'model.embed_tokens.weight']
   return state_dict
 
 
@@ -235,16 +237,21 @@ def config_to_hf(config: DecoderConfig) -> dict[str, Any]:
           'attention_bias': config.out_bias, 'mlp_bias': config.mlp_bias}
 
 
-def save_hf_directory(params: Params, config: DecoderConfig, directory: str) -> None:
-  """Writes `config.json` and `model.safetensors` that `AutoModelForCausalLM.from_pretrained`
-  loads (a prompt in `params` and the tied `lm_head.weight` are left out)."""
+def save_hf_directory(params: Params, config: DecoderConfig, directory: str,
+                      eos_id: Optional[int] = None) -> None:
+  """Writes `config.json` (with `eos_token_id` if given) and `model.safetensors` that
+  `AutoModelForCausalLM.from_pretrained` loads (a prompt in `params` and the tied
+  `lm_head.weight` are left out)."""
   state = to_hf(jax.device_get(params), config)
   if config.tie_embeddings:
     del state['lm_head.weight']
   os.makedirs(directory, exist_ok=True)
   safetensors_file.write(os.path.join(directory, hf_checkpoint.WEIGHTS), state, {'format': 'pt'})
   with open(os.path.join(directory, hf_checkpoint.CONFIG), 'w') as f:
-    json.dump(config_to_hf(config), f, indent=2)
+    fields = config_to_hf(config)
+    if eos_id is not None:
+      fields['eos_token_id'] = eos_id
+    json.dump(fields, f, indent=2)
 
 
 def read_config(directory: str, **overrides) -> DecoderConfig:

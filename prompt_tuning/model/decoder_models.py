@@ -33,6 +33,8 @@ from prompt_tuning.model import prompts
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
+# The same prompt-table arguments (and refusal) as the encoder-decoder model's.
+_table_prompts = models._table_prompts  # pylint: disable=protected-access
 
 
 def token_mask(tokens: Array) -> Array:
@@ -110,7 +112,7 @@ class DecoderOnlyModel:
     rngs = None if dropout_rng is None else {'dropout': dropout_rng}
     return self.module.apply({'params': params}, tokens, token_mask(tokens),
                              enable_dropout=dropout_rng is not None, rngs=rngs,
-                             **models._table_prompts(batch, prompt_table))  # pylint: disable=protected-access
+                             **_table_prompts(batch, prompt_table))
 
   def _next_token_terms(self, logits: Array, batch: Batch) -> tuple[Array, Array, Array]:
     """(logits [B, T-1, V] of positions that predict a next token, those tokens [B, T-1],
@@ -162,7 +164,7 @@ class DecoderOnlyModel:
     apply = lambda variables, *args, **kwargs: self.module.apply(variables, *args, **kwargs,
                                                                  mutable=['cache'])
     _, variables = apply({'params': params}, prefix[:, :-1], mask[:, :-1], cache_length,
-                         method='prefill', **models._table_prompts(batch, prompt_table))  # pylint: disable=protected-access
+                         method='prefill', **_table_prompts(batch, prompt_table))
     cache = {'network': variables['cache'], 'pending': prefix[:, -1:], 'first': jnp.array(True)}
 
     def tokens_to_logits(step_tokens, cache):
