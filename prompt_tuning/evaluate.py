@@ -122,7 +122,7 @@ def evaluate(setup: runs.RunSetup = gin.REQUIRED,
   plus every `--prompt`), evaluates those instead (`evaluate_prompts`), prompt NAME on task
   `prompt_tasks[NAME]` (PROMPT_TASKS) where given; `allow_unverified_prompts`
   (ALLOW_UNVERIFIED_PROMPTS) admits prompts without a record."""
-  specs = [*prompts, *prompt_bank.PROMPT_FLAG.value]
+  specs = [*prompts, *prompt_bank.flag_prompts()]
   if specs:
     return evaluate_prompts(setup, eval_data, specs, allow_unverified_prompts, prompt_tasks)
   run, evaluator = prepare_for_eval(setup, eval_data, use_initial_prompt)

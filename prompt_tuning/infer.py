@@ -71,7 +71,7 @@ def infer(setup: runs.RunSetup = gin.REQUIRED,
   `--prompt`), `allow_unverified_prompts` and `prompt_tasks` as in `evaluate`; `inputs_path`
   (INFER_INPUTS): JSON lines to answer, with `prompts`."""
   directory = checkpoints.as_path(setup.model_dir) / 'inference'
-  specs = [*prompts, *prompt_bank.PROMPT_FLAG.value]
+  specs = [*prompts, *prompt_bank.flag_prompts()]
   if inputs_path and not specs:
     raise ValueError('INFER_INPUTS names prompts in its "task" fields: pass them with --prompt '
                      'NAME=PATH.')

@@ -354,7 +354,7 @@ def serve(setup: runs.RunSetup = gin.REQUIRED,
           options: serving.ServeOptions = serving.ServeOptions()) -> None:
   """Serves `prompts` (PROMPTS, plus every `--prompt`) until SIGTERM; `allow_unverified_prompts`
   and `prompt_tasks` as in `evaluate`, `options` (SERVE_*) as in `serving.ServeOptions`."""
-  specs = [*prompts, *prompt_bank.PROMPT_FLAG.value]
+  specs = [*prompts, *prompt_bank.flag_prompts()]
   if not specs:
     raise ValueError('serve needs a prompt to start with: pass --prompt NAME=PATH (more can be '
                      'added later with POST /v1/prompts).')

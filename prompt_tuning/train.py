@@ -45,15 +45,18 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           train_data: data.DataConfig = gin.REQUIRED,
           eval_data: Optional[evaluation.EvalConfig] = None,
           checkpoint: checkpoints.CheckpointConfig = checkpoints.CheckpointConfig(),
-          mesh: Optional[jax.sharding.Mesh] = None) -> dict[str, float]:
+          mesh: Optional[jax.sharding.Mesh] = None, log_period: int = 10) -> dict[str, float]:
   """Trains `setup`'s trainable parameters for `train_steps` steps (resuming if MODEL_DIR
   has a checkpoint); returns the last eval metrics, or raises `preemption.Preempted` after
-  saving when SIGTERM came.
+  saving when SIGTERM came. The steps' metrics reach the log, the progress bar and
+  TensorBoard every `log_period` steps (LOG_PERIOD), fetched from the device together.
 
   Everything that can refuse the run (task, lengths, batch size against the mesh,
   MODEL_DIR, the checkpoint to resume) is checked before the first write to MODEL_DIR.
   """
   started = time.time()
+  if log_period < 1:
+    raise ValueError(f'LOG_PERIOD={log_period} must be a positive number of steps.')
   with preemption.PreemptionWatch() as watch:  # From here on, SIGTERM means: save, then stop.
     run, evaluator = prepare(setup, train_steps, train_data, eval_data, checkpoint, mesh)
     start_step = int(run.state.step)
@@ -73,7 +76,7 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                                  train_data.batch_size, jax.process_index() == 0)
       try:
         eval_metrics = train_loop(setup.model_dir, run, train_steps, train_data, evaluator,
-                                  checkpoint, report, watch)
+                                  checkpoint, report, watch, log_period)
       finally:
         run.checkpoints.close()
         report.close()
@@ -90,7 +93,7 @@ def prepare(setup: runs.RunSetup, train_steps: int, train_data: data.DataConfig,
             mesh: Optional[jax.sharding.Mesh]):
   """(prepared run, evaluator or None), after every check that can refuse the run; writes
   nothing."""
-  if prompt_bank.PROMPT_FLAG.value:
+  if prompt_bank.flag_prompts():
     raise ValueError('--prompt is for evaluate, infer and interpret; train learns one prompt '
                      '(to start from a .npy: prompts/from_file.gin with PROMPT_FILE).')
   data.import_task_modules(setup.task_modules)
@@ -141,41 +144,74 @@ def config_changes(before: str, after: str) -> list[str]:
 def train_loop(model_dir: str, run: runs.PreparedRun, train_steps: int,
                train_data: data.DataConfig, evaluator: Optional[evaluation.Evaluator],
                checkpoint: checkpoints.CheckpointConfig, report: progress.Progress,
-               watch: preemption.PreemptionWatch) -> dict[str, float]:
+               watch: preemption.PreemptionWatch, log_period: int) -> dict[str, float]:
   """Steps from the state's step to `train_steps`, evaluating and saving on schedule;
   returns the last eval metrics. Saves and raises `Preempted` once `watch` says so, and
-  stops with `NonFiniteLoss` (nothing saved) at a step whose loss or gradient is not
-  finite."""
-  start_step = int(run.state.step)
-  batches = data.host_batches(train_data, jax.process_index(), jax.process_count(), start_step)
+  stops with `NonFiniteLoss` at the first step whose loss or gradient is not finite.
 
-  def run_eval():
-    metrics = evaluator.evaluate(run.state.trainable, run.frozen, int(run.state.step))
-    report.eval_metrics(int(run.state.step), metrics)
+  The host never waits for a step: each step is dispatched, then the next batch is read and
+  placed on the mesh while the device computes. The steps' metrics stay on the device and
+  are fetched together every `log_period` steps, and before every evaluation and save, at
+  the same steps on every host. So a non-finite step is found at most `log_period` - 1
+  steps late, but always before anything is saved: no checkpoint holds a state that came
+  after one. A save also writes each host's data position, so a resumed run starts
+  reading where this one stopped instead of replaying every batch before.
+  """
+  start_step = int(run.state.step)
+  position = run.checkpoints.data_position(start_step) if start_step else None
+  if start_step and not position and jax.process_index() == 0:
+    print(f'resuming at step {start_step} by replaying the {start_step} batches before it (no '
+          f'data position saved for {jax.process_count()} host(s)).', flush=True)
+  batches = data.host_batches(train_data, jax.process_index(), jax.process_count(), start_step,
+                              position=position)
+  place = lambda: partitioning.host_batch_to_global(run.mesh, next(batches))
+
+  def run_eval(step):
+    metrics = evaluator.evaluate(run.state.trainable, run.frozen, step)
+    report.eval_metrics(step, metrics)
     return metrics
 
-  eval_metrics = run_eval() if evaluator and start_step == 0 else {}
+  eval_metrics = run_eval(start_step) if evaluator and start_step == 0 else {}
+  pending, batch = [], place()  # (step, its metrics on the device) not yet reported.
   for step in range(start_step + 1, train_steps + 1):
-    batch = partitioning.host_batch_to_global(run.mesh, next(batches))
     run.state, metrics = run.steps.train_step(run.state, run.frozen, batch)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not metrics.pop('finite'):
-      raise NonFiniteLoss(non_finite_message(step, metrics, run.checkpoints.latest_step()))
-    report.train_step(step, metrics)
-    if step == start_step + 1:
-      write_primary(model_dir, 'operative_config.gin', gin.operative_config_str())
+    pending.append((step, metrics))
     last = step == train_steps
     evaluate_now = evaluator and (last or (evaluator.config.period and
                                            step % evaluator.config.period == 0))
-    if evaluate_now:
-      eval_metrics = run_eval()
     preempted = watch.reached(step)
-    if last or step % checkpoint.period == 0 or preempted:
+    save_now = last or step % checkpoint.period == 0 or preempted
+    if not save_now:  # A save records the data position after this step's batch: read after.
+      batch = place()
+    if step == start_step + 1:
+      write_primary(model_dir, 'operative_config.gin', gin.operative_config_str())
+    if evaluate_now or save_now or step % log_period == 0:
+      report_steps(pending, run)
+      report.train_steps(pending)
+      pending = []
+    if evaluate_now:
+      eval_metrics = run_eval(step)
+    if save_now:
+      run.checkpoints.save_data_position(step, batches)
       save_checkpoint(run, step, eval_metrics if evaluate_now else None)
     if preempted:
       raise preemption.Preempted(f'preempted (SIGTERM) at step {step}: checkpoint saved in '
                                  f'{model_dir}; run the same command again to resume.')
+    if save_now and not last:
+      batch = place()
   return eval_metrics
+
+
+def report_steps(pending: list, run: runs.PreparedRun) -> None:
+  """Fetches the metrics of the `pending` steps [(step, metrics on the device)] in one
+  transfer and puts host floats in their place; raises `NonFiniteLoss` at the first step
+  that was not finite."""
+  fetched = jax.device_get([metrics for _, metrics in pending])
+  for index, ((step, _), metrics) in enumerate(zip(pending, fetched)):
+    metrics = {name: float(value) for name, value in metrics.items()}
+    if not metrics.pop('finite'):
+      raise NonFiniteLoss(non_finite_message(step, metrics, run.checkpoints.latest_step()))
+    pending[index] = (step, metrics)
 
 
 class NonFiniteLoss(ValueError):

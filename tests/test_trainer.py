@@ -8,6 +8,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow as tf
+from jax._src import array as jax_array
 
 import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`.
 from prompt_tuning import gin_config
@@ -92,10 +94,12 @@ def _final_state(model_dir, step):
     return checkpointer.restore(os.path.join(model_dir, 'checkpoints', str(step), 'state'))
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-  """Also after a save that was cut short: the resume starts from the last complete step."""
-  _parse(tmp_path / 'straight', 'TRAIN_STEPS = 6')
+def test_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+  """Also after a save that was cut short: the resume starts from the last complete step,
+  reading on from the data position saved with it (no batch replayed)."""
+  _parse(tmp_path / 'straight', 'TRAIN_STEPS = 6', 'KEEP_CHECKPOINTS = 1')
   train.train()
+  assert os.listdir(tmp_path / 'straight' / 'data_positions') == ['6']
   _parse(tmp_path / 'resumed', 'TRAIN_STEPS = 3')
   train.train()
   # A run killed while saving step 5 leaves only orbax's temporary folder behind.
@@ -103,11 +107,89 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
   (partial / 'state').mkdir(parents=True)
   (partial / 'state' / 'manifest.ocdbt').write_bytes(b'\x00' * 10)
   _parse(tmp_path / 'resumed', 'TRAIN_STEPS = 6')
+  capsys.readouterr()
   train.train()
+  assert 'replaying' not in capsys.readouterr().out
   straight, resumed = (_final_state(tmp_path / name, 6) for name in ('straight', 'resumed'))
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
   np.testing.assert_array_equal(np.load(tmp_path / 'resumed' / 'prompt.npy'),
                                 np.load(tmp_path / 'straight' / 'prompt.npy'))
+
+
+def test_a_saved_data_position_continues_where_replaying_would(tmp_path):
+  """Batches after a restored position equal those after replaying (skipping) as many."""
+  config = data.DataConfig('tiny_sentiment', FEATURES, batch_size=8)
+  straight = data.host_batches(config, 0, 1)
+  for _ in range(5):
+    next(straight)
+  straight.save(str(tmp_path / 'position'))
+  replayed = data.host_batches(config, 0, 1, start_step=5)
+  restored = data.host_batches(config, 0, 1, position=str(tmp_path / 'position'))
+  for _ in range(3):
+    want = next(straight)
+    for batches in (replayed, restored):
+      jax.tree.map(np.testing.assert_array_equal, next(batches), want)
+
+
+def _tensorboard_scalars(model_dir, name):
+  """{step: value} of the train scalar `name` in MODEL_DIR/train's event files."""
+  values = {}
+  for path in (tmp for tmp in (model_dir / 'train').iterdir() if 'tfevents' in tmp.name):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        if value.tag == name:
+          values[event.step] = float(tf.make_ndarray(value.tensor))
+  return values
+
+
+def _count_host_reads(monkeypatch) -> dict:
+  """Counts how the host waits for the device while training: each `jax.device_get` of
+  the train metrics (its number of steps) in 'fetches', and in 'implicit' every array read
+  on the host outside a `jax.device_get` (`float(x)`, `int(x)`, `np.asarray(x)`, ...).
+  jax's transfer guard cannot be used for this: it does not fire on the CPU."""
+  counts, inside = {'fetches': [], 'implicit': 0}, []
+  device_get, value = jax.device_get, jax_array.ArrayImpl._value
+
+  def counted_get(tree):
+    if isinstance(tree, list) and all(isinstance(item, dict) and 'loss' in item
+                                      for item in tree):
+      counts['fetches'].append(len(tree))
+    inside.append(True)
+    try:
+      return device_get(tree)
+    finally:
+      inside.pop()
+
+  def counted_value(array):
+    counts['implicit'] += not inside
+    return value.fget(array)
+
+  monkeypatch.setattr(jax, 'device_get', counted_get)
+  monkeypatch.setattr(jax_array.ArrayImpl, '_value', property(counted_value))
+  return counts
+
+
+def test_the_loop_fetches_metrics_once_per_log_period_and_keeps_every_step(tmp_path,
+                                                                           monkeypatch):
+  """The host reads the step metrics once per LOG_PERIOD steps and nothing else per step
+  (8 more steps add 2 fetches and no other read); TensorBoard still gets every step's
+  values, equal to a LOG_PERIOD = 1 run's."""
+  _parse(tmp_path / 'every_step', 'TRAIN_STEPS = 8', 'LOG_PERIOD = 1', 'CHECKPOINT_PERIOD = 8')
+  train.train()
+  reads = {}
+  for steps in (8, 16):
+    gin.clear_config()
+    _parse(tmp_path / f'periodic_{steps}', f'TRAIN_STEPS = {steps}', 'LOG_PERIOD = 4',
+           f'CHECKPOINT_PERIOD = {steps}')
+    with monkeypatch.context() as patch:
+      reads[steps] = _count_host_reads(patch)
+      train.train()
+  assert reads[8]['fetches'] == [4, 4] and reads[16]['fetches'] == [4] * 4
+  assert reads[16]['implicit'] == reads[8]['implicit']
+  for name in ('loss', 'grad_norm'):
+    every_step = _tensorboard_scalars(tmp_path / 'every_step', name)
+    assert sorted(every_step) == list(range(1, 9))
+    assert _tensorboard_scalars(tmp_path / 'periodic_8', name) == every_step
 
 
 def _checkpoint_files(model_dir):

@@ -44,6 +44,11 @@ RECORD_FIELDS = ('frozen_fingerprint', 'frozen_path', 'task', 'prompt_length', '
                  'label_words', 'step', 'eval_metrics')
 
 
+def flag_prompts() -> list[str]:
+  """The `--prompt` flags given; none when the entry point is called from Python."""
+  return PROMPT_FLAG.value if flags.FLAGS.is_parsed() else []
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptSpec:
   """One prompt to load: its name, where it is and, for a run directory, a checkpoint step."""

@@ -2,7 +2,8 @@
 
 A run's checkpoint (`MODEL_DIR/checkpoints/<step>/`) holds what the run changed (the
 `TrainState`: step, trainable params, optimiser state, rng) and `meta`: the data position,
-the trainable shapes, and the frozen weights' path and fingerprint. Orbax writes each step
+the trainable shapes, and the frozen weights' path and fingerprint. Each host's position in
+its data (the tf.data iterator's state) is in `MODEL_DIR/data_positions/<step>/`. Orbax writes each step
 to a temporary folder and renames it when complete, so a run killed mid-save resumes
 from the previous complete step.
 """
@@ -21,6 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
+from prompt_tuning.training import data
 from prompt_tuning.training import trainer
 from prompt_tuning.training import write_errors
 
@@ -98,6 +100,7 @@ class RunCheckpoints:
     self.config = config
     self.save_failed = False  # Set once a failed save was reported: `close` adds no second.
     self.directories = [as_path(model_dir) / 'checkpoints']
+    self._data_positions = as_path(model_dir) / 'data_positions'  # <step>/process_<i>_of_<n>.
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, create=False)
     self.latest = ocp.CheckpointManager(self.directories[0], options=options,
                                         item_names=('state', 'meta'))
@@ -109,6 +112,28 @@ class RunCheckpoints:
           best_fn=lambda metrics: metrics[config.best_metric])
       self.best = ocp.CheckpointManager(self.directories[1], options=best_options,
                                         item_names=('state', 'meta'))
+
+  def data_position(self, step: int) -> Optional[str]:
+    """Where this host's data position at `step` was saved (`save_data_position`), or None
+    (not saved, or by a run with another number of hosts)."""
+    prefix = self._data_prefix(step)
+    return str(prefix) if prefix.with_name(prefix.name + '.index').exists() else None
+
+  def save_data_position(self, step: int, batches: data.HostBatches) -> None:
+    """Saves this host's position in its batches after `step` of them (before the
+    checkpoint of `step`, so that every complete checkpoint has one); process 0 drops
+    those of steps older than the newest `keep` checkpoints."""
+    batches.save(str(self._data_prefix(step)))
+    if jax.process_index() == 0:
+      kept = {str(kept_step) for kept_step in
+              sorted({*self.latest.all_steps(), step})[-self.config.keep:]}
+      for folder in self._data_positions.iterdir():
+        if folder.name not in kept:
+          folder.rmtree()
+
+  def _data_prefix(self, step: int) -> epath.Path:
+    return (self._data_positions / str(step) /
+            f'process_{jax.process_index()}_of_{jax.process_count()}')
 
   def make_directories(self) -> None:
     for directory in self.directories:

@@ -2,7 +2,7 @@
 
 import dataclasses
 import importlib
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -65,15 +65,42 @@ def _sources_shard(task: seqio.Task | seqio.Mixture, split: str, num_shards: int
              for t in tasks)
 
 
+class HostBatches:
+  """This host's batches as numpy arrays, in order; `save` writes the position reached
+  (the tf.data iterator's state: shuffle buffers, file offsets), `restore` continues from
+  one, reading no example twice."""
+
+  def __init__(self, dataset: tf.data.Dataset):
+    self._iterator = iter(dataset)
+
+  def __iter__(self) -> 'HostBatches':
+    return self
+
+  def __next__(self) -> HostBatch:
+    return {name: value.numpy() for name, value in next(self._iterator).items()}
+
+  def save(self, prefix: str) -> None:
+    """Writes the position to `prefix`.index / .data-* (a local path or gs://)."""
+    tf.train.Checkpoint(iterator=self._iterator).write(prefix)
+
+  def restore(self, prefix: str) -> None:
+    tf.train.Checkpoint(iterator=self._iterator).read(prefix).assert_consumed()
+
+
 def host_batches(config: DataConfig, shard_index: int, num_shards: int,
-                 start_step: int = 0, num_epochs: Optional[int] = None) -> Iterator[HostBatch]:
+                 start_step: int = 0, num_epochs: Optional[int] = None,
+                 position: Optional[str] = None) -> HostBatches:
   """This host's share of each global batch, from batch `start_step` on.
 
   The order depends only on `config` (seed included) and the number of hosts, so batch k
-  is the same whether a run reaches it directly or resumes at it. Each host reads only
-  its seqio shard (`ShardInfo`: files or TFDS shards); a source that cannot be split that
-  way (a `FunctionDataSource`, fewer files than hosts) is read whole by every host in the
-  same seeded order, and each keeps every `num_shards`-th example.
+  is the same whether a run reaches it directly or resumes at it. Resuming restores the
+  `position` saved at `start_step` (`HostBatches.save`), which costs the same at any step;
+  without one it replays the `start_step` batches before (tf.data's `skip`: every example
+  read and preprocessed again, about 10 s per 1,000 steps of batch 32 on 2 CPU cores).
+
+  Each host reads only its seqio shard (`ShardInfo`: files or TFDS shards); a source that
+  cannot be split that way (a `FunctionDataSource`, fewer files than hosts) is read whole
+  by every host in the same seeded order, and each keeps every `num_shards`-th example.
   """
   task = get_task(config.mixture_or_task_name)
   if config.batch_size % num_shards:
@@ -88,4 +115,8 @@ def host_batches(config: DataConfig, shard_index: int, num_shards: int,
   if not at_source:
     dataset = dataset.shard(num_shards, shard_index)
   dataset = dataset.batch(config.batch_size // num_shards, drop_remainder=True)
-  return dataset.skip(start_step).as_numpy_iterator()
+  if position:
+    batches = HostBatches(dataset)
+    batches.restore(position)
+    return batches
+  return HostBatches(dataset.skip(start_step))

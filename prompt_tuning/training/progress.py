@@ -4,7 +4,7 @@ and a PNG learning curve at the end."""
 import os
 import sys
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib
 import tensorflow as tf
@@ -46,22 +46,27 @@ class Progress:
       for name, value in scalars.items():
         tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR)
 
-  def train_step(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Call after `step` with that step's metrics (host floats)."""
-    if not self.is_primary:
+  def train_steps(self, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+    """Call with the steps run since the last call, as (step, its metrics as host floats);
+    their speed is the block's: steps / seconds since the last call."""
+    if not self.is_primary or not steps:
       return
-    now = time.time()
+    now, step = time.time(), steps[-1][0]
     steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.last_step, self.last_time = step, now
-    self.losses.append((step, metrics['loss']))
-    self._write('train', step, {**metrics, 'steps_per_s': steps_per_s,
-                                'examples_per_s': steps_per_s * self.batch_size})
+    for number, metrics in steps:
+      self.losses.append((number, metrics['loss']))
+      self._write('train', number, {**metrics, 'steps_per_s': steps_per_s,
+                                    'examples_per_s': steps_per_s * self.batch_size})
+    loss = steps[-1][1]['loss']
     if self.bar:
-      self.bar.set_postfix(loss=f'{metrics["loss"]:.4f}', refresh=False)
+      self.bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
       self.bar.update(step - self.bar.n)
-    elif step % self.log_every == 0 or step == self.total_steps:
-      print(f'step {step}/{self.total_steps}  loss {metrics["loss"]:.4f}  '
-            f'{steps_per_s:.2f} steps/s', flush=True)
+      return
+    for number, metrics in steps:
+      if number % self.log_every == 0 or number == self.total_steps:
+        print(f'step {number}/{self.total_steps}  loss {metrics["loss"]:.4f}  '
+              f'{steps_per_s:.2f} steps/s', flush=True)
 
   def eval_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.is_primary:
