@@ -56,6 +56,13 @@ def batch_shapes(feature_lengths, batch_size: int) -> dict[str, jax.ShapeDtypeSt
           'decoder_loss_weights': shape(feature_lengths['targets'])}
 
 
+def abstract_params(model: models.EncoderDecoderModel, shapes, shardings) -> Params:
+  """The model's parameters as `jax.ShapeDtypeStruct`s carrying `shardings`; nothing
+  allocated."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      jax.eval_shape(model.init, jax.random.PRNGKey(0), shapes), shardings)
+
+
 def load_model_params(model: models.EncoderDecoderModel, mesh, shapes,
                       initial_checkpoint_path: Optional[str], seed: int) -> tuple[Params, Any]:
   """(params, their shardings): frozen weights from the checkpoint (or random), and a
@@ -65,8 +72,7 @@ def load_model_params(model: models.EncoderDecoderModel, mesh, shapes,
   if not initial_checkpoint_path:
     zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
     return jax.jit(model.init, out_shardings=shardings)(rng, zeros), shardings
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          jax.eval_shape(model.init, rng, shapes), shardings)
+  abstract = abstract_params(model, shapes, shardings)
   prompt = abstract['encoder'].pop('prompt', None)
   params = initial_checkpoint.load_params(initial_checkpoint_path, abstract)
   if prompt is not None:

@@ -126,11 +126,27 @@ def init_state(trainable: Params, optimizer: optax.GradientTransformation, seed:
   slots that do not depend on them (counts) are replicated."""
   trainable = jax.device_put(trainable, trainable_shardings)
   replicated = partitioning.replicated(mesh)
-  on_mesh = lambda x: x if x.sharding.device_set == set(mesh.devices.flat) else jax.device_put(
-      x, replicated)
+  on_mesh = lambda x: x if _on_every_device(x.sharding, mesh) else jax.device_put(x, replicated)
   opt_state = jax.tree.map(on_mesh, jax.jit(optimizer.init)(trainable))
   step, rng = jax.device_put((jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed)), replicated)
   return TrainState(step, trainable, opt_state, rng)
+
+
+def abstract_state(trainable: Params, optimizer: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh) -> TrainState:
+  """What `init_state` places, as `jax.ShapeDtypeStruct`s with the same shardings;
+  `trainable` is such a tree too. Nothing is allocated (the planner's train state)."""
+  replicated = partitioning.replicated(mesh)
+  lowered = jax.jit(optimizer.init).lower(trainable)
+  abstract = lambda x, sharding: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=sharding if _on_every_device(sharding, mesh) else replicated)
+  opt_state = jax.tree.map(abstract, lowered.out_info, lowered.compile().output_shardings)
+  step, rng = jax.ShapeDtypeStruct((), jnp.int32), jax.eval_shape(jax.random.PRNGKey, 0)
+  return TrainState(abstract(step, replicated), trainable, opt_state, abstract(rng, replicated))
+
+
+def _on_every_device(sharding: jax.sharding.Sharding, mesh: jax.sharding.Mesh) -> bool:
+  return sharding.device_set == set(mesh.devices.flat)
 
 
 def with_hyperparams_of(restored: TrainState, configured: TrainState) -> TrainState:
