@@ -1,8 +1,9 @@
 r"""Writes what a run trained in the formats other tools read, and imports PEFT prompts.
 
-    # The prompt of MODEL_DIR's newest checkpoint (or --step) as a PEFT adapter directory;
-    # --format=npy writes a [P, emb_dim] float32 .npy file instead. Either way its record
-    # (prompt_bank: frozen weights, task, step...) goes beside it, for prompt banks:
+    # The prompt of MODEL_DIR's newest checkpoint (or --step) as a PEFT adapter directory
+    # (task_type SEQ_2_SEQ_LM for T5, CAUSAL_LM for decoder-only models); --format=npy
+    # writes a [P, emb_dim] float32 .npy file instead. Either way its record (prompt_bank:
+    # frozen weights, task, step...) goes beside it, for prompt banks:
     python -m prompt_tuning.export --model_dir=/tmp/run --format=peft \
       --output=/tmp/run/peft_adapter --base_model=google/t5-base-lm-adapt
 
@@ -75,6 +76,16 @@ def model_tuning_params(model_dir: str) -> str:
   return params
 
 
+def run_prompt_path(model_dir: str, step: int) -> str:
+  """The parameter path of the prompt that checkpoint `step` of a run trained."""
+  run_checkpoints = checkpoints.RunCheckpoints(model_dir)
+  try:
+    trained = run_checkpoints.read_meta(step)['trainable_shapes']
+  finally:
+    run_checkpoints.close()
+  return next(path for path in trained if path in prompt_formats.TASK_TYPES)
+
+
 def _model_dir() -> str:
   if not _MODEL_DIR.value:
     raise ValueError('pass --model_dir=MODEL_DIR (or --peft_adapter=... to import a prompt).')
@@ -97,7 +108,8 @@ def main(argv):
     step = prompt_bank.run_step(_model_dir(), _STEP.value)
     prompt = np.asarray(prompt_bank.run_prompt(_model_dir(), step), np.float32)
     if _FORMAT.value == 'peft':
-      prompt_formats.save_peft(output, prompt, _BASE_MODEL.value)
+      prompt_formats.save_peft(output, prompt, _BASE_MODEL.value,
+                               prompt_formats.TASK_TYPES[run_prompt_path(_model_dir(), step)])
       record = os.path.join(output, prompt_bank.RECORD)
     else:
       np.save(output, prompt)

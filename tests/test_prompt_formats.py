@@ -45,7 +45,8 @@ def test_peft_adapter_holds_the_prompt_in_the_encoder_block(tmp_path):
 @pytest.mark.parametrize('change,message', [
     (dict(peft_type='LORA', r=8, target_modules=['q', 'v']),
      'is a LORA adapter; only prompt-tuning adapters'),
-    (dict(task_type='CAUSAL_LM'), 'has task_type CAUSAL_LM; a T5 prompt is a SEQ_2_SEQ_LM'),
+    (dict(task_type='TOKEN_CLS'), 'has task_type TOKEN_CLS; this model takes SEQ_2_SEQ_LM or '
+     'CAUSAL_LM adapters'),
     (dict(num_virtual_tokens=4), r'prompt_embeddings is \(10, 32\) but its config says \(8, 32\)'),
 ])
 def test_other_adapters_are_clear_errors(tmp_path, change, message):
@@ -127,7 +128,8 @@ def _run_with_prompts(model_dir, prompts):
     state = trainer.init_state(trainable, trainer.adafactor(), 0,
                                jax.tree.map(lambda _: replicated, trainable), mesh)
     run_checkpoints.save(state.replace(step=state.step + step), {  # The meta train writes.
-        'step': step, 'frozen': {'path': 'random init (seed 0)', 'fingerprint': 'f00d'}})
+        'step': step, 'frozen': {'path': 'random init (seed 0)', 'fingerprint': 'f00d'},
+        'trainable_shapes': checkpoints.trainable_shapes(trainable)})
   run_checkpoints.close()
 
 
