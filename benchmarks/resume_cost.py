@@ -1,11 +1,13 @@
 r"""What resuming costs before the first step: the time `data.host_batches` takes to hand
-over batch `start_step` of a file task (`tasks/user_task.py`), i.e. what
-`dataset.skip(start_step)` replays, against batch 0.
+over batch `start_step` of a file task (`tasks/user_task.py`), two ways: replaying the
+batches before it (`dataset.skip`, what a run without a saved data position does) and
+restoring the data position a checkpoint saves with it (what `train` does).
 
 Writes a TSV of `--examples` review-like lines (so batches wrap around the file many
-times by step 10,000, as a long run's do), registers it with T5's vocabulary, and prints
-one JSON line per start step: seconds to the first batch, and seconds per 1,000 skipped
-steps. From the repository root:
+times by step 10,000, as a long run's do) and registers it with T5's vocabulary. One
+straight pass saves the position at each start step; then each start step is timed both
+ways, and checked to give the same batch. One JSON line per start step. From the
+repository root:
 
     JAX_PLATFORMS=cpu python benchmarks/resume_cost.py --start_steps 0,1000,10000 --batch 32
 """
@@ -46,17 +48,34 @@ def _write_task(directory: str) -> str:
   return 'resume_cost_reviews'
 
 
+def _timed(make_batches):
+  """(seconds to the first batch, that batch)."""
+  started = time.perf_counter()
+  batch = next(make_batches())
+  return time.perf_counter() - started, batch
+
+
 def main(argv):
   del argv
+  start_steps = sorted(map(int, _START_STEPS.value))
   with tempfile.TemporaryDirectory() as directory:
     config = data.DataConfig(_write_task(directory), _LENGTHS, batch_size=_BATCH.value)
-    for start_step in map(int, _START_STEPS.value):
-      started = time.perf_counter()
-      next(data.host_batches(config, 0, 1, start_step))
-      seconds = time.perf_counter() - started
-      print(json.dumps({'start_step': start_step, 'batch': _BATCH.value,
+    straight, positions = data.host_batches(config, 0, 1), {}
+    for step in range(start_steps[-1] + 1):
+      if step in start_steps:
+        positions[step] = os.path.join(directory, f'position_{step}')
+        straight.save(positions[step])
+      if step < start_steps[-1]:
+        next(straight)
+    for step in start_steps:
+      replay_s, replayed = _timed(lambda: data.host_batches(config, 0, 1, step))
+      restore_s, restored = _timed(
+          lambda: data.host_batches(config, 0, 1, position=positions[step]))
+      assert all((replayed[k] == restored[k]).all() for k in replayed)
+      print(json.dumps({'start_step': step, 'batch': _BATCH.value,
                         'examples_in_file': _EXAMPLES.value,
-                        'seconds_to_first_batch': round(seconds, 2)}), flush=True)
+                        'replay_s': round(replay_s, 2), 'restore_s': round(restore_s, 2)}),
+            flush=True)
 
 
 if __name__ == '__main__':
