@@ -1,17 +1,19 @@
 """Times `trainer.train_step` (prompt tuning or full fine-tuning) on a random-weight T5 1.1.
 
 Prints one JSON line, comparable with `benchmarks/peft_bench.py` run on the same shapes
-(see `benchmarks/compare_peft.sh`). Usage, from the repository root:
+(`benchmarks/compare_peft.py` alternates the two). Usage, from the repository root:
 
     python benchmarks/train_step.py --size small --batch 8 --inputs 128 --targets 8 \
         --prompt 20 --steps 10 --warmup 2 [--method full] [--dtype bfloat16] \
-        [--frozen_dtype bfloat16] [--peak_flops 989e12]
+        [--frozen_dtype bfloat16] [--remat full] [--peak_flops 989e12]
 
 Tokens: `tokens_per_s` counts real tokens, batch * (inputs + targets) per step, as
 peft_bench.py does; `tokens_per_s_incl_prompt` adds the batch * prompt virtual tokens.
-Model FLOPs: see `forward_flops`; a prompt step is 2x forward (forward + activation
-gradients, no weight gradients), a full step 3x forward. `--method full` builds the model
-without a prompt (like peft_bench's `--method full`) and trains every parameter.
+Model FLOPs: `t5_flops.forward_flops` on this model's dimensions; a prompt step is 2x forward
+(forward + activation gradients, no weight gradients), a full step 3x forward. `--method full`
+builds the model without a prompt (like peft_bench's `--method full`) and trains every
+parameter. Peak memory: the device's peak bytes in use (GPU, TPU; init included) or the
+process's peak RSS (CPU).
 """
 
 import json
@@ -23,13 +25,13 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import gin_config
 from prompt_tuning.model import models
 from prompt_tuning.training import partitioning
 from prompt_tuning.training import trainer
+import t5_flops  # benchmarks/t5_flops.py: this script's folder is on sys.path.
 
 _SIZE = flags.DEFINE_string('size', 'small', 'T5 1.1 size: a gin/models/t5_1_1_<size>.gin.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Examples per step.')
@@ -37,38 +39,27 @@ _INPUTS = flags.DEFINE_integer('inputs', 128, 'Encoder input length (real tokens
 _TARGETS = flags.DEFINE_integer('targets', 8, 'Decoder target length.')
 _PROMPT = flags.DEFINE_integer('prompt', 20, 'Prompt length P (ignored by --method full).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (at least 1: the compile).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (the first two compile).')
 _METHOD = flags.DEFINE_enum('method', 'prompt', ['prompt', 'full'], 'What is trained.')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'Activation dtype (T5Config.dtype).')
 _FROZEN_DTYPE = flags.DEFINE_enum('frozen_dtype', None, ['bfloat16'],
                                   'Cast frozen weights (trainer.cast_frozen); default: keep.')
+_REMAT = flags.DEFINE_enum('remat', 'none', ['none', 'full', 'minimal'],
+                           'network.T5Config.remat_policy (recompute layers in the backward).')
 _DROPOUT = flags.DEFINE_float('dropout', 0.0, 'Dropout rate (peft_bench default: 0.1).')
 _PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'Device peak FLOP/s, for utilisation.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for weights, batch and dropout.')
 
 
-def forward_flops(cfg, batch: int, inputs: int, targets: int, prompt: int) -> int:
-  """Matmul FLOPs of one forward pass: 2 per multiply-add.
-
-  Per token, each weight matrix it passes through costs 2 * rows * cols; attention adds
-  QK^T and AV, 2 * 2 * keys * H * D per query. The encoder sees S = prompt + inputs
-  tokens; the decoder's cross-attention keys/values project the S encoder outputs once.
-  Embedding lookups, norms, softmax and the loss are not counted.
-  """
-  e, f, hd, v = cfg.emb_dim, cfg.mlp_dim, cfg.num_heads * cfg.head_dim, cfg.vocab_size
-  s, t = inputs + prompt, targets
-  mlp = 2 * e * f * (len(cfg.mlp_activations) + 1)  # wi_0 (, wi_1) and wo.
-  attn_proj = 2 * 4 * e * hd  # q, k, v, o.
-  encoder = cfg.num_encoder_layers * s * (attn_proj + 4 * s * hd + mlp)
-  decoder = cfg.num_decoder_layers * (
-      t * (attn_proj + 4 * t * hd)  # Causal self-attention (full T x T counted).
-      + t * 2 * 2 * e * hd + s * 2 * 2 * e * hd + t * 4 * s * hd  # Cross: q, o | k, v | scores.
-      + t * mlp)
-  logits = t * 2 * e * v
-  return batch * (encoder + decoder + logits)
+def dims_of(cfg) -> t5_flops.Dims:
+  """What `t5_flops.forward_flops` needs of a `network.T5Config`."""
+  return t5_flops.Dims(cfg.emb_dim, cfg.mlp_dim, cfg.num_encoder_layers, cfg.num_decoder_layers,
+                       cfg.num_heads, cfg.head_dim, cfg.vocab_size, len(cfg.mlp_activations) + 1)
 
 
 def peak_memory_mb(device) -> tuple[float, str]:
+  """(MiB, what it is): the accelerator's peak bytes in use since start-up (init included),
+  else the process's peak RSS (CPU)."""
   stats = device.memory_stats() if device.platform != 'cpu' else None
   if stats and 'peak_bytes_in_use' in stats:
     return stats['peak_bytes_in_use'] / 2**20, 'device_peak_bytes_in_use'
@@ -87,7 +78,8 @@ def main(argv):
   b, l, t = _BATCH.value, _INPUTS.value, _TARGETS.value
   gin_config.parse([gin_config.model_gin_file(_SIZE.value)],
                    [f"network.T5Config.dtype = '{_DTYPE.value}'",
-                    f'DROPOUT_RATE = {_DROPOUT.value}'])
+                    f'DROPOUT_RATE = {_DROPOUT.value}',
+                    f"network.T5Config.remat_policy = '{_REMAT.value}'"])
   model = models.build_model(prompt_length=prompt)
   cfg = model.module.config
 
@@ -103,12 +95,14 @@ def main(argv):
   batch = jax.device_put(host_batch, partitioning.batch_sharding(mesh))
 
   patterns = ('.*',) if full else trainer.PROMPT_ONLY
-  params = model.init(jax.random.PRNGKey(_SEED.value), batch)
-  trainable, frozen = trainer.split_params(params, patterns)
-  del params
   shardings = partitioning.logical_shardings(mesh, model.logical_axes(batch))
   trainable_shardings, frozen_shardings = trainer.split_params(shardings, patterns)
-  frozen = jax.device_put(trainer.cast_frozen(frozen, _FROZEN_DTYPE.value), frozen_shardings)
+
+  def init(rng):  # One jit: XXL's frozen weights are cast as made, never all in float32.
+    trainable, frozen = trainer.split_params(model.init(rng, batch), patterns)
+    return trainable, trainer.cast_frozen(frozen, _FROZEN_DTYPE.value)
+  trainable, frozen = jax.jit(init, out_shardings=(trainable_shardings, frozen_shardings))(
+      jax.random.PRNGKey(_SEED.value))
   optimizer = trainer.adafactor()
   state = trainer.init_state(trainable, optimizer, _SEED.value, trainable_shardings, mesh)
   runner = trainer.Trainer(model, optimizer, trainer.state_shardings(state), frozen_shardings,
@@ -132,7 +126,7 @@ def main(argv):
   elapsed = time.perf_counter() - start
 
   steps_per_s = _STEPS.value / elapsed
-  flops = forward_flops(cfg, b, l, t, prompt) * (3 if full else 2)
+  flops = t5_flops.step_flops(dims_of(cfg), _METHOD.value, b, l, t, prompt)
   device = jax.devices()[0]
   mem_mb, mem_kind = peak_memory_mb(device)
   result = {
@@ -141,7 +135,8 @@ def main(argv):
       'device': device.platform, 'device_name': device.device_kind,
       'num_devices': jax.device_count(), 'dtype': _DTYPE.value,
       'frozen_dtype': _FROZEN_DTYPE.value, 'dropout': _DROPOUT.value,
-      'optimizer': 'adafactor', 'grad_checkpointing': False,
+      'optimizer': 'adafactor', 'grad_checkpointing': _REMAT.value != 'none',
+      'remat': _REMAT.value,
       'steps': _STEPS.value, 'warmup': max(_WARMUP.value, 1),
       'compile_s': round(compile_s, 3), 'elapsed_s': round(elapsed, 4),
       'steps_per_s': round(steps_per_s, 4),
