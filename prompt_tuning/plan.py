@@ -10,8 +10,9 @@ The gin files are train's (MODEL_DIR and the task are not needed) plus a preset 
 donated) is lowered for the preset's mesh with `jax.ShapeDtypeStruct` inputs: nothing is
 allocated, so XXL plans on a 24 GB workstation. TPU presets compile for the slice itself
 through libtpu's compile-only topology (`pip install -e '.[tpu]'`; no TPU needed). GPU
-presets compile for CPU devices in the preset's mesh shape: XLA's CPU compiler, whose buffer
-assignment is similar to the GPU compiler's but not the same.
+presets compile for CPU devices in the preset's mesh shape (or, `--target=tpu_v5p_8`, for one
+TPU's compiler): arguments are exact on any backend, temporaries are that compiler's (the
+CPU's run many times a TPU's).
 """
 
 import dataclasses
