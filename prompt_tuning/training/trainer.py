@@ -146,7 +146,10 @@ def abstract_state(trainable: Params, optimizer: optax.GradientTransformation,
 
 
 def _on_every_device(sharding: jax.sharding.Sharding, mesh: jax.sharding.Mesh) -> bool:
-  return sharding.device_set == set(mesh.devices.flat)
+  """Whether `sharding` lays an array out on `mesh` as the step's outputs are (a
+  `NamedSharding` of it); anything else, e.g. one device's, is put there replicated, or the
+  step would compile a second time for the shardings its first call returns."""
+  return isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh
 
 
 def with_hyperparams_of(restored: TrainState, configured: TrainState) -> TrainState:
