@@ -47,7 +47,7 @@ def prepare_for_eval(setup: runs.RunSetup, eval_data: evaluation.EvalConfig,
     raise ValueError(f'MODEL_DIR {setup.model_dir} has no checkpoint, so no trained prompt: '
                      'check MODEL_DIR or train first; to use the initial prompt on purpose '
                      '(e.g. one from prompts/from_file.gin), pass --gin.USE_INITIAL_PROMPT=True.')
-  shapes = runs.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
+  shapes = setup.model.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
   run = runs.prepare(setup, shapes, checkpoints.CheckpointConfig())
   evaluator = evaluation.Evaluator(eval_data, setup.model, partitioning.batch_sharding(run.mesh))
   if jax.process_index() == 0:
@@ -66,7 +66,7 @@ def prepare_prompts(setup: runs.RunSetup, eval_data: evaluation.EvalConfig,
   data.import_task_modules(setup.task_modules)
   preflight.check_feature_lengths(eval_data.task_feature_lengths)
   mesh = partitioning.create_mesh()
-  shapes = runs.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
+  shapes = setup.model.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
   frozen, frozen_record = runs.frozen_weights(setup, shapes, mesh)
   bank = prompt_bank.PromptBank(frozen_record['fingerprint'], setup.model.module.config.emb_dim,
                                 specs, allow_unverified)

@@ -71,13 +71,13 @@ class Refused(Exception):
 @dataclasses.dataclass(frozen=True)
 class Served:
   """A prompt being served: its row of the table, its task's features, its label words and
-  their decoder ids [L, T] (None: the prompt cannot rank), its record and where it is."""
+  their target ids (L lists; None: the prompt cannot rank), its record and where it is."""
   row: int
   task: str
   inputs: Any  # The task's seqio.Feature for 'inputs'.
   targets: Any  # ... and for 'targets'.
   label_words: Optional[tuple[str, ...]]
-  label_targets: Optional[np.ndarray]
+  label_targets: Optional[list[list[int]]]
   record: dict
   path: str
 
@@ -103,8 +103,7 @@ class Catalog:
   def _describe(self, row: int, task_name: str, record: dict, path: str) -> Served:
     task = data.get_task(task_name)
     words = record.get('label_words') or labels.labels_of(task_name)
-    targets = evaluation.label_features(task, words, self.targets_length)[
-        'decoder_target_tokens'] if words else None
+    targets = evaluation.label_targets(task, words, self.targets_length) if words else None
     return Served(row, task_name, task.output_features['inputs'],
                   task.output_features['targets'], tuple(words) if words else None, targets,
                   record, path)

@@ -7,7 +7,6 @@ Shapes only (`jax.eval_shape`): an XXL model is summarised without allocating it
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import gin_config
@@ -16,8 +15,7 @@ from prompt_tuning.model import models
 
 def parameter_table(model: models.EncoderDecoderModel) -> list[tuple[str, tuple, str]]:
   """(path, shape, logical axes) of every parameter, in tree order."""
-  shapes = {name: jax.ShapeDtypeStruct((1, 8), jnp.int32) for name in
-            ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
+  shapes = model.batch_shapes({'inputs': 8, 'targets': 8}, 1)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), shapes)
   axes = model.logical_axes(shapes)
   rows = []
@@ -32,9 +30,10 @@ def parameter_table(model: models.EncoderDecoderModel) -> list[tuple[str, tuple,
 def main(argv):
   del argv
   gin_config.parse_flags()
-  rows = parameter_table(models.build_model())
+  model = models.build_model()
+  rows = parameter_table(model)
   count = lambda keep: sum(int(np.prod(shape)) for name, shape, _ in rows if keep(name))
-  is_prompt = lambda name: name.startswith('encoder/prompt/')
+  is_prompt = lambda name: name == model.prompt_path
   for name, shape, axes in rows:
     print(f'{name:60s} {str(shape):18s} ({axes})')
   prompt, frozen = count(is_prompt), count(lambda name: not is_prompt(name))

@@ -13,6 +13,7 @@ step and exits with status 143; the same command resumes. On several hosts, star
 each (see `distributed.py`); MODEL_DIR may be a `gs://` URL.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from prompt_tuning import gin_config
 from prompt_tuning.inference import evaluation
 from prompt_tuning.inference import labels
 from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import prompts
 from prompt_tuning.training import checkpoints
 from prompt_tuning.training import data
 from prompt_tuning.training import distributed
@@ -57,6 +59,8 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
   started = time.time()
   if log_period < 1:
     raise ValueError(f'LOG_PERIOD={log_period} must be a positive number of steps.')
+  train_data = dataclasses.replace(
+      train_data, feature_converter=setup.model.feature_converter(train_data.pack))
   with preemption.PreemptionWatch() as watch:  # From here on, SIGTERM means: save, then stop.
     run, evaluator = prepare(setup, train_steps, train_data, eval_data, checkpoint, mesh)
     start_step = int(run.state.step)
@@ -68,9 +72,11 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     with run_lock.hold(setup.model_dir), write_errors.naming(setup.model_dir):
       run.checkpoints.make_directories()
       record_config(setup.model_dir, start_step)
-      if start_step == 0 and jax.process_index() == 0 and 'prompt' in run.state.trainable.get(
-          'encoder', {}):  # Where the prompt started: what interpret measures movement from.
-        checkpoints.export_prompt(run.state.trainable,
+      prompt_path = setup.model.prompt_path
+      trained = checkpoints.trainable_shapes(run.state.trainable)
+      if start_step == 0 and jax.process_index() == 0 and prompt_path in trained:
+        # Where the prompt started: what interpret measures movement from.
+        checkpoints.export_prompt(prompts.get_at(run.state.trainable, prompt_path),
                                   os.path.join(setup.model_dir, prompt_bank.INITIAL_PROMPT))
       report = progress.Progress(setup.model_dir, start_step, train_steps,
                                  train_data.batch_size, jax.process_index() == 0)
@@ -80,7 +86,8 @@ def train(setup: runs.RunSetup = gin.REQUIRED, train_steps: int = gin.REQUIRED,
       finally:
         run.checkpoints.close()
         report.close()
-      exported = export(setup.model_dir, run, train_data.mixture_or_task_name, eval_metrics)
+      exported = export(setup.model_dir, run, train_data.mixture_or_task_name, eval_metrics,
+                        prompt_path)
       if jax.process_index() == 0:
         report.plot(checkpoints.as_path(setup.model_dir) / 'learning_curve.png')
         print(summary(setup.model_dir, exported, run, report, start_step,
@@ -105,8 +112,8 @@ def prepare(setup: runs.RunSetup, train_steps: int, train_data: data.DataConfig,
   preflight.check_writable(setup.model_dir)
   mesh = mesh or partitioning.create_mesh()
   preflight.check_batch_size(train_data.batch_size, mesh)
-  run = runs.prepare(setup, runs.batch_shapes(train_data.task_feature_lengths,
-                                              train_data.batch_size), checkpoint, mesh)
+  run = runs.prepare(setup, setup.model.batch_shapes(train_data.task_feature_lengths,
+                                                     train_data.batch_size), checkpoint, mesh)
   preflight.check_train_steps(train_steps, run.checkpoints.latest_step(), setup.model_dir)
   evaluator = eval_data and evaluation.Evaluator(eval_data, setup.model,
                                                  partitioning.batch_sharding(run.mesh))
@@ -271,11 +278,11 @@ def summary(model_dir: str, exported: list[str], run: runs.PreparedRun,
   return '\n'.join(lines)
 
 
-def export(model_dir: str, run: runs.PreparedRun, task: str,
-           eval_metrics: dict[str, float]) -> list[str]:
-  """Writes `prompt.npy` and its record `prompt.json` for a prompt (process 0) and
-  `params/` (our format, every process writes its shards) when model weights were trained;
-  returns the names written.
+def export(model_dir: str, run: runs.PreparedRun, task: str, eval_metrics: dict[str, float],
+           prompt_path: str) -> list[str]:
+  """Writes `prompt.npy` and its record `prompt.json` for a prompt (the parameter at the
+  model's `prompt_path`; process 0) and `params/` (our format, every process writes its
+  shards) when model weights were trained; returns the names written.
 
   The record says which frozen weights the prompt `[P, E]` was trained on, and for what
   (`prompt_bank` reads it): the frozen weights' fingerprint and path, the training task,
@@ -284,10 +291,11 @@ def export(model_dir: str, run: runs.PreparedRun, task: str,
   """
   trained = checkpoints.trainable_shapes(run.state.trainable)
   exported = []
-  if 'encoder/prompt/prompt' in trained:
+  if prompt_path in trained:
     if jax.process_index() == 0:
-      checkpoints.export_prompt(run.state.trainable, os.path.join(model_dir, 'prompt.npy'))
-      length, width = trained['encoder/prompt/prompt']
+      checkpoints.export_prompt(prompts.get_at(run.state.trainable, prompt_path),
+                                os.path.join(model_dir, 'prompt.npy'))
+      length, width = trained[prompt_path]
       label_words = labels.labels_of(task)
       record = {'frozen_fingerprint': run.frozen_record['fingerprint'],
                 'frozen_path': run.frozen_record['path'], 'task': task,
@@ -297,7 +305,7 @@ def export(model_dir: str, run: runs.PreparedRun, task: str,
                 'eval_metrics': {name: float(value) for name, value in eval_metrics.items()}}
       (checkpoints.as_path(model_dir) / prompt_bank.RECORD).write_text(json.dumps(record, indent=2))
     exported += ['prompt.npy', prompt_bank.RECORD]
-  if any(not path.startswith('encoder/prompt/') for path in trained):
+  if any(path != prompt_path for path in trained):
     checkpoints.save_params(os.path.join(model_dir, 'params'),
                             trainer.merge_params(run.state.trainable, run.frozen))
     exported.append('params/')

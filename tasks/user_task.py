@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.formats import hf_vocabulary
 from prompt_tuning.inference import labels
 from tasks import metrics
 
@@ -72,7 +73,9 @@ def register_file_task(name: str, train_path: str, validation_path: str, input_f
     name: the task name, MIXTURE_OR_TASK_NAME.
     train_path, validation_path: `.tsv` (tab-separated, header row) or `.jsonl` files.
     input_field, target_field: the columns (keys) holding the input and target texts.
-    vocabulary_path: the model's SentencePiece model (e.g. T5's `sentencepiece.model`).
+    vocabulary_path: the model's SentencePiece model (e.g. T5's `sentencepiece.model`), or
+      a Hugging Face model directory (decoder-only models): its `tokenizer.json`, inputs
+      with the tokenizer's BOS and no EOS, targets with its EOS (`hf_vocabulary`).
     label_words: for a classification task, every target text it may have; registered
       with `labels.register_labels`, so runs also rank-classify and class-label
       initialisation needs no CLASS_LABELS. Every target is checked against them.
@@ -85,18 +88,24 @@ def register_file_task(name: str, train_path: str, validation_path: str, input_f
     del shuffle_files, seed
     return tf.data.Dataset.from_tensor_slices(splits[split])
 
-  if not os.path.isfile(vocabulary_path):
+  if hf_vocabulary.is_hf_directory(vocabulary_path):
+    output_features = {
+        'inputs': seqio.Feature(hf_vocabulary.HfVocabulary(vocabulary_path, add_bos=True),
+                                add_eos=False),
+        'targets': seqio.Feature(hf_vocabulary.HfVocabulary(vocabulary_path), add_eos=True)}
+  elif os.path.isfile(vocabulary_path):
+    vocabulary = seqio.SentencePieceVocabulary(vocabulary_path, extra_ids=100)  # As T5's.
+    output_features = {feature: seqio.Feature(vocabulary, add_eos=True)
+                       for feature in ('inputs', 'targets')}
+  else:
     raise ValueError(f'vocabulary {vocabulary_path} does not exist; give register_file_task '
-                     "the model's SentencePiece file.")
-  vocabulary = seqio.SentencePieceVocabulary(vocabulary_path, extra_ids=100)  # As T5's.
+                     "the model's SentencePiece file or Hugging Face directory.")
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   task = seqio.TaskRegistry.add(
       name, source=seqio.FunctionDataSource(source, splits=list(splits)),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features={feature: seqio.Feature(vocabulary, add_eos=True)
-                       for feature in ('inputs', 'targets')},
-      metric_fns=list(metric_fns))
+      output_features=output_features, metric_fns=list(metric_fns))
   if label_words:
     labels.register_labels(name, label_words)
   return task

@@ -19,6 +19,7 @@ from prompt_tuning.formats import hf_decoder
 from prompt_tuning.formats import initial_checkpoint
 from prompt_tuning.model import decoder_models
 from prompt_tuning.model import decoder_network
+from prompt_tuning.model import models
 from prompt_tuning.model import prompts
 from prompt_tuning.training import partitioning
 
@@ -266,9 +267,9 @@ PUBLISHED = {'llama_3_2_1b': 1_235_814_400, 'llama_3_2_3b': 3_212_749_824,
 @pytest.mark.parametrize('name', sorted(PUBLISHED))
 def test_gin_files_build_with_published_parameter_counts(name):
   gin_config.parse([f'models/{name}.gin'],
-                   ['decoder_models.build_decoder_model.prompt_length = 10'])
+                   ['models.build_model.prompt_length = 10'])
   try:
-    model = decoder_models.build_decoder_model()
+    model = models.build_model()
   finally:
     gin.clear_config()
   shapes = model.batch_shapes({'inputs': 8, 'targets': 4}, 2)

@@ -11,6 +11,7 @@ import pytest
 from paths import VOCAB_PATH
 from prompt_tuning import gin_config
 from prompt_tuning.model import models
+from prompt_tuning.model import prompts
 
 # Published T5 1.1 sizes (rounded as in the T5 1.1 release notes).
 PUBLISHED = {'small': 77e6, 'base': 248e6, 'large': 783e6, 'xl': 2.85e9, 'xxl': 11.1e9}
@@ -58,16 +59,18 @@ PROMPT_BINDINGS = {
 }
 
 
+@pytest.mark.parametrize('model_file', ['t5_1_1_tiny.gin', 'decoder_tiny.gin'])
 @pytest.mark.parametrize('prompt_file', sorted(os.listdir(os.path.join(gin_config.GIN_DIR,
                                                                       'prompts'))))
-def test_prompt_gin_builds_a_prompted_tiny_model(prompt_file, tmp_path):
+def test_prompt_gin_builds_a_prompted_tiny_model(prompt_file, model_file, tmp_path):
   np.save(tmp_path / 'prompt.npy', np.zeros((7, 32), np.float32))
   bindings = [b.format(tmp=tmp_path) for b in PROMPT_BINDINGS[prompt_file]]
-  model = _build(['models/t5_1_1_tiny.gin', f'prompts/{prompt_file}'],
+  model = _build([f'models/{model_file}', f'prompts/{prompt_file}'],
                  ['PROMPT_LENGTH = 7', *bindings])
+  shapes = model.batch_shapes({'inputs': 8, 'targets': 8}, 1)
   params = model.init(jax.random.PRNGKey(0), {k: jnp.ones(v.shape, v.dtype)
-                                              for k, v in SHAPES.items()})
-  assert params['encoder']['prompt']['prompt'].shape == (7, 32)
+                                              for k, v in shapes.items()})
+  assert prompts.get_at(params, model.prompt_path).shape == (7, 32)
 
 
 def test_misspelled_binding_names_the_binding():
@@ -81,13 +84,15 @@ def _clear_gin():
   gin.clear_config()
 
 
+@pytest.mark.parametrize('model_file, prompt', [('t5_1_1_tiny.gin', 'encoder/prompt/.*'),
+                                                ('decoder_tiny.gin', 'decoder/prompt/.*')])
 @pytest.mark.parametrize('run_file', sorted(os.listdir(os.path.join(gin_config.GIN_DIR, 'runs'))))
-def test_run_gin_files_parse_and_build(run_file):
+def test_run_gin_files_parse_and_build(run_file, model_file, prompt):
   from prompt_tuning.training import runs  # pylint: disable=g-import-not-at-top
   layers = [] if run_file == 'prompt_finetune.gin' else [f'runs/{run_file}']
-  gin_config.parse(['models/t5_1_1_tiny.gin', 'prompts/uniform.gin', 'runs/prompt_finetune.gin',
+  gin_config.parse([f'models/{model_file}', 'prompts/uniform.gin', 'runs/prompt_finetune.gin',
                     *layers], ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'unused'"])
   setup = runs.RunSetup()
   tunes_model = run_file == 'model_finetune.gin'
-  assert list(setup.trainable_parameters) == (['.*'] if tunes_model else ['encoder/prompt/.*'])
+  assert list(setup.trainable_parameters) == (['.*'] if tunes_model else [prompt])
   assert setup.model.module.prompt_length == (0 if tunes_model else 100)

@@ -8,6 +8,7 @@ import pytest
 
 from paths import VOCAB_PATH
 from prompt_tuning.inference import evaluation
+from prompt_tuning.model import models
 from prompt_tuning.training import partitioning
 from tasks import user_task
 
@@ -17,17 +18,20 @@ EXAMPLES = [('the answer is yes', 'yes'), ('surely no', 'no'), ('maybe so', 'may
             ('yes yes no', 'no')]
 
 
-class KnownScores:
+class KnownScores(models.EncoderDecoderModel):
   """A model whose score for (input, label) is the count of the label's first token in the
-  input, and whose decoding always yields the empty text."""
+  input, and whose decoding always yields the empty text (batches as a T5's)."""
+
+  def __init__(self):
+    super().__init__(module=None)
 
   def score_batch(self, params, batch):
     del params
     first_token = batch['decoder_target_tokens'][:, :1]
     return (batch['encoder_input_tokens'] == first_token).sum(axis=1).astype(jnp.float32)
 
-  def predict_batch(self, params, batch):
-    del params
+  def predict_batch(self, params, batch, max_decode_length=None):
+    del params, max_decode_length
     return jnp.zeros_like(batch['decoder_target_tokens']), None
 
 

@@ -107,14 +107,12 @@ def setup(tmp_path_factory):
 
   def rank(name, texts):  # [len(texts), 2] log-likelihoods of LABELS, offline.
     task = data.get_task(TASKS[name])
-    inputs = np.zeros((16, 16), np.int32)
-    for row, text in enumerate(texts):
-      ids = list(task.output_features['inputs'].vocabulary.encode(text)) + [1]
-      inputs[2 * row:2 * row + 2, :len(ids)] = ids
-    labels = {key: np.tile(value, (8, 1)) for key, value in
-              evaluation.label_features(task, LABELS, 4).items()}
-    batch = {'encoder_input_tokens': inputs, 'prompt_ids': np.full(16, bank.ids([name])[0]),
-             **labels}
+    examples = [{'inputs': list(task.output_features['inputs'].vocabulary.encode(text)) + [1]}
+                for text in texts]
+    rows = evaluation.rank_rows(model, examples, evaluation.label_targets(task, LABELS, 4),
+                                {'inputs': 16, 'targets': 4})
+    batch = {key: np.pad(value, [(0, 16 - len(value)), (0, 0)]) for key, value in rows.items()}
+    batch['prompt_ids'] = np.full(16, bank.ids([name])[0])
     return np.asarray(score(offline.table, frozen, batch))[:2 * len(texts)].reshape(-1, 2)
 
   yield root, flags, offline, rank

@@ -3,18 +3,21 @@ by what is at the path.
 
 | kind | recognised by | read by |
 |---|---|---|
-| Hugging Face | `config.json` | `hf_checkpoint` (safetensors memory-mapped) |
+| Hugging Face | `config.json` | `hf_decoder` or `hf_checkpoint` (T5), by its `model_type` |
 | T5X, Orbax | an Orbax item `state/` (or the path is that item, holding `target`) | Orbax |
 | T5X, legacy | a `checkpoint` msgpack file | `t5x_checkpoint`, zarr through tensorstore |
 | ours | an Orbax params tree (`_METADATA`), e.g. `MODEL_DIR/params` | `checkpoints.load_params` |
 
 Every kind is checked against the gin model's shapes before any weight is read; a
 checkpoint of another size is one error naming each dimension that differs (read off the
-shapes). Then each device's shard is read from the files as it is placed, so the host
+shapes). A Hugging Face directory whose `model_type` is one of `hf_decoder.MODEL_TYPES`
+(Llama, Gemma, Qwen2, GPT-2) is a decoder-only model; safetensors files are memory-mapped.
+Then each device's shard is read from the files as it is placed, so the host
 holds one array at a time. Unscanned checkpoints (`layers_0`, ...) also load into a
 `scan_layers` model (a T5X Orbax one by reading its parameters into host memory first).
 """
 
+import json
 import os
 import posixpath
 from typing import Any, Mapping
@@ -24,6 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from prompt_tuning.formats import hf_checkpoint
+from prompt_tuning.formats import hf_decoder
 from prompt_tuning.formats import t5x_checkpoint
 from prompt_tuning.training import checkpoints
 
@@ -87,6 +91,20 @@ def dimensions(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
   }
 
 
+def decoder_dimensions(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+  """A decoder-only architecture read off unscanned parameter shapes (`DecoderConfig` names)."""
+  vocab, embed = shapes['token_embedder/embedding']
+  layer = 'decoder/layers_0'
+  mlp = shapes.get(f'{layer}/mlp/wi_0/kernel') or shapes[f'{layer}/mlp/wi/kernel']
+  return {
+      'vocab_size': vocab, 'emb_dim': embed,
+      'num_layers': len({p.split('/')[1] for p in shapes if p.startswith('decoder/layers_')}),
+      'num_heads * head_dim': shapes[f'{layer}/self_attention/query/kernel'][1],
+      'num_kv_heads * head_dim': shapes[f'{layer}/self_attention/key/kernel'][1],
+      'mlp_dim': mlp[1], 'tie_embeddings': 'decoder/logits_dense/kernel' not in shapes,
+  }
+
+
 def check_shapes(shapes: Mapping[str, tuple[int, ...]], abstract: Params, where: str) -> None:
   """Raises unless the checkpoint's `/`-joined unscanned `shapes` hold every parameter of
   `abstract` (the gin model's, possibly scanned) with its shape."""
@@ -95,10 +113,13 @@ def check_shapes(shapes: Mapping[str, tuple[int, ...]], abstract: Params, where:
   wrong = [path for path, shape in want.items() if shapes.get(path) != shape]
   if not wrong:
     return
+  decoder_only = not any(path.startswith('encoder/') for path in want)
+  read, kind = (decoder_dimensions, 'decoder-only') if decoder_only else (dimensions, 'T5')
   try:
-    theirs, ours = dimensions(shapes), dimensions(want)
+    theirs, ours = read(shapes), read(want)
   except KeyError as e:
-    raise ValueError(f'{where} holds no T5 parameter {e}; is it a T5 checkpoint?') from None
+    raise ValueError(f'{where} holds no {kind} parameter {e}; is it a {kind} checkpoint?'
+                     ) from None
   differ = [f'{name} {theirs[name]} (checkpoint) vs {ours[name]} (gin model)'
             for name in ours if theirs[name] != ours[name]]
   if differ:
@@ -160,6 +181,9 @@ def load_params(path: str, abstract: Params) -> Params:
   elif kind == 't5x':
     sources = t5x_checkpoint.read_legacy(directory)
   else:
-    sources = traverse_util.flatten_dict(hf_checkpoint.load_params(directory)[0], sep='/')
+    with open(os.path.join(directory, hf_checkpoint.CONFIG)) as f:
+      decoder_only = json.load(f).get('model_type') in hf_decoder.MODEL_TYPES
+    reader = hf_decoder if decoder_only else hf_checkpoint
+    sources = traverse_util.flatten_dict(reader.load_params(directory)[0], sep='/')
   check_shapes({name: tuple(source.shape) for name, source in sources.items()}, abstract, where)
   return place(sources, abstract)

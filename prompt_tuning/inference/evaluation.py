@@ -44,10 +44,12 @@ def batches(dataset, batch_size: int,
     yield indices, {k: pad(v) for k, v in features.items()}, real
 
 
-def seqio_evaluator(config: EvalConfig, mixture_or_task_name: str) -> seqio.Evaluator:
-  """seqio's evaluator of a task or mixture on `config`'s split, lengths and examples."""
+def seqio_evaluator(config: EvalConfig, mixture_or_task_name: str,
+                    feature_converter: seqio.FeatureConverter) -> seqio.Evaluator:
+  """seqio's evaluator of a task or mixture on `config`'s split, lengths and examples, in
+  the model's batches (`model.feature_converter()`)."""
   return seqio.Evaluator(
-      mixture_or_task_name, feature_converter=data.feature_converter(), eval_split=config.split,
+      mixture_or_task_name, feature_converter=feature_converter, eval_split=config.split,
       sequence_length=dict(config.task_feature_lengths), num_examples=config.num_examples,
       use_memory_cache=True)
 
@@ -58,25 +60,26 @@ def padded_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
   return -(-batch_size // ways) * ways
 
 
-def label_features(task: seqio.Task, words: Sequence[str], length: int) -> dict[str, np.ndarray]:
-  """Decoder features of each label word, [L, T=length]: its tokens (+ EOS), zero-padded."""
+def label_targets(task: seqio.Task, words: Sequence[str], length: int) -> list[list[int]]:
+  """Each label word's target tokens (+ EOS), at most `length` of them."""
   feature = task.output_features['targets']
-  targets = np.zeros((len(words), length), np.int32)
-  for row, word in enumerate(words):
+  targets = []
+  for word in words:
     ids = list(feature.vocabulary.encode(word)) + [feature.vocabulary.eos_id] * feature.add_eos
     if len(ids) > length:
       raise ValueError(f'label {word!r} of task {task.name!r} is {len(ids)} tokens but '
                        f"TASK_FEATURE_LENGTHS['targets'] is {length}; raise it.")
-    targets[row, :len(ids)] = ids
-  return decoder_features(targets)
+    targets.append(ids)
+  return targets
 
 
-def decoder_features(targets: np.ndarray) -> dict[str, np.ndarray]:
-  """The decoder features of zero-padded `targets` [B, T]: inputs shifted right by one, loss
-  weights where a token is."""
-  return {'decoder_target_tokens': targets,
-          'decoder_input_tokens': np.pad(targets, [(0, 0), (1, 0)])[:, :-1],
-          'decoder_loss_weights': (targets > 0).astype(np.int32)}
+def rank_rows(model: models.EncoderDecoderModel, examples: Sequence[Mapping[str, Any]],
+              targets: Sequence[Sequence[int]],
+              task_feature_lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """Each example's inputs once per label word's `targets` (example-major): `model.make_rows`
+  of N * L rows."""
+  return model.make_rows([example['inputs'] for example in examples for _ in targets],
+                         [target for _ in examples for target in targets], task_feature_lengths)
 
 
 def rank_metrics(task: seqio.Task, examples: Sequence[dict],
@@ -111,14 +114,17 @@ class Evaluator:
     if config.batch_size <= 0:
       raise ValueError(f'EVAL_BATCH_SIZE={config.batch_size} must be positive.')
     data.get_task(config.mixture_or_task_name)
-    self.evaluator = seqio_evaluator(config, config.mixture_or_task_name)
+    self.model = model
+    self.evaluator = seqio_evaluator(config, config.mixture_or_task_name,
+                                     model.feature_converter())
     self.batch_sharding = batch_sharding
     self.padded_size = padded_size(config.batch_size, batch_sharding.mesh)
     merged = lambda fn: lambda trainable, frozen, batch: fn(
         trainer.merge_params(trainable, frozen), batch)
     # Outputs on every device, so every process (host) reads them whole.
     replicated = partitioning.replicated(batch_sharding.mesh)
-    self._predict = jax.jit(merged(lambda params, batch: model.predict_batch(params, batch)[0]),
+    self._predict = jax.jit(merged(lambda params, batch: model.predict_batch(
+        params, batch, max_decode_length=config.task_feature_lengths['targets'])[0]),
                             out_shardings=replicated)
     self._score = jax.jit(merged(model.score_batch), out_shardings=replicated)
 
@@ -146,15 +152,12 @@ class Evaluator:
   def rank_predictions(self, task: seqio.Task, trainable: Params, frozen: Params) -> list[str]:
     """The label word with the highest `score_batch` for each example of `task`, in order."""
     label_words = labels.labels_of(task.name)
-    label_rows = label_features(task, label_words, self.config.task_feature_lengths['targets'])
-
-    def pair_with_labels(index, features):  # One example -> one row per label word.
-      inputs = tf.repeat(features['encoder_input_tokens'][None], len(label_words), axis=0)
-      return tf.data.Dataset.from_tensor_slices(
-          (tf.fill([len(label_words)], index),
-           {'encoder_input_tokens': inputs, **label_rows}))
-
-    pairs = self.evaluator.cached_model_datasets[task.name].flat_map(pair_with_labels)
+    lengths = self.config.task_feature_lengths
+    examples = self._examples(task)
+    rows = rank_rows(self.model, examples, label_targets(task, label_words, lengths['targets']),
+                     lengths)
+    pairs = tf.data.Dataset.from_tensor_slices(
+        (np.repeat(np.arange(len(examples)), len(label_words)), rows))
     scores = np.array([score for _, score in self._run(self._score, pairs, trainable, frozen)])
     return [label_words[i] for i in scores.reshape(-1, len(label_words)).argmax(axis=1)]
 

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import gin
 
+from prompt_tuning.formats import hf_vocabulary
 from prompt_tuning.model import initializers
 from prompt_tuning.training import data
 
@@ -61,8 +62,10 @@ def _checked_override(labels: Sequence[str]) -> tuple[str, ...]:
 @gin.configurable
 def label_vocabulary(path: Optional[str] = None, task_name: Optional[str] = None,
                      task_modules: str | Sequence[str] = ()) -> initializers.Vocabulary:
-  """The SentencePiece model at `path` (VOCABULARY_PATH) if given, else the vocabulary of
-  `task_name`'s targets."""
+  """The vocabulary at `path` (VOCABULARY_PATH: a SentencePiece model, or a Hugging Face
+  directory's tokenizer) if given, else the vocabulary of `task_name`'s targets."""
+  if path and hf_vocabulary.is_hf_directory(path):
+    return hf_vocabulary.HfVocabulary(path)
   if path:
     return initializers.sentencepiece_vocabulary(path)
   if not task_name:

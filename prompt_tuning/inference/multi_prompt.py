@@ -31,7 +31,6 @@ from prompt_tuning.training import data
 from prompt_tuning.training import partitioning
 
 Params = Any
-DECODER_FEATURES = ('decoder_target_tokens', 'decoder_input_tokens', 'decoder_loss_weights')
 
 
 class MultiPromptEvaluator:
@@ -47,6 +46,7 @@ class MultiPromptEvaluator:
     if config.batch_size <= 0:
       raise ValueError(f'EVAL_BATCH_SIZE={config.batch_size} must be positive.')
     self.config, self.frozen, self.bank, self.tasks = config, frozen, bank, dict(tasks)
+    self.model = model
     self.task_prompts: dict[str, list[str]] = {}  # Task -> its prompts, in the bank's order.
     for name in bank.names:
       self.task_prompts.setdefault(self.tasks[name], []).append(name)
@@ -62,7 +62,8 @@ class MultiPromptEvaluator:
     replicated = partitioning.replicated(mesh)
     self.table = jax.device_put(bank.table(), replicated)
     self._predict = jax.jit(lambda table, frozen, batch: model.predict_batch(
-        frozen, batch, prompt_table=table)[0], out_shardings=replicated)
+        frozen, batch, max_decode_length=config.task_feature_lengths['targets'],
+        prompt_table=table)[0], out_shardings=replicated)
     self._score = jax.jit(lambda table, frozen, batch: model.score_batch(
         frozen, batch, prompt_table=table), out_shardings=replicated)
     self._seqio: dict[str, seqio.Evaluator] = {}
@@ -70,34 +71,29 @@ class MultiPromptEvaluator:
   def _evaluator(self, task: str) -> seqio.Evaluator:
     """seqio's evaluator of `task` alone (its examples, targets and metrics), made once."""
     if task not in self._seqio:
-      self._seqio[task] = evaluation.seqio_evaluator(self.config, task)
+      self._seqio[task] = evaluation.seqio_evaluator(self.config, task,
+                                                     self.model.feature_converter())
     return self._seqio[task]
 
   def _examples(self, task: str) -> list[dict]:
     return list(self._evaluator(task).cached_task_datasets[task].as_numpy_iterator())
 
   def _rows(self, number: int, task: str,
-            decoder: Optional[Mapping[str, np.ndarray]] = None) -> tf.data.Dataset:
-    """(key [4] = (task `number`, example, prompt slot, label), features with `prompt_ids`)
-    for every example of `task` with each of its K prompts. `decoder`: label words' decoder
-    features [L, T] in place of the example's own (rank classification): K * L rows."""
-    ids = tf.constant(self.bank.ids(self.task_prompts[task]))
-    own = decoder is None
-
-    def expand(index, features):
-      targets = ({name: features[name][None] for name in DECODER_FEATURES} if own else
-                 {name: tf.constant(value) for name, value in decoder.items()})
-      per_prompt = tf.shape(targets['decoder_target_tokens'])[0]
-      count = len(ids) * per_prompt
-      slots = tf.repeat(tf.range(len(ids)), per_prompt)
-      keys = tf.stack([tf.fill([count], number), tf.fill([count], tf.cast(index, tf.int32)),
-                       slots, tf.tile(tf.range(per_prompt), [len(ids)])], axis=1)
-      rows = {'encoder_input_tokens': tf.repeat(features['encoder_input_tokens'][None], count, 0),
-              'prompt_ids': tf.gather(ids, slots),
-              **{name: tf.tile(value, [len(ids), 1]) for name, value in targets.items()}}
-      return tf.data.Dataset.from_tensor_slices((keys, rows))
-
-    return self._evaluator(task).cached_model_datasets[task].flat_map(expand)
+            label_targets: Optional[Sequence[Sequence[int]]] = None) -> tf.data.Dataset:
+    """(key [4] = (task `number`, example, prompt slot, label), `model.make_rows` features
+    with `prompt_ids`) for every example of `task` with each of its K prompts: K rows of
+    the example's own targets, or K * L rows of the L label words' `label_targets` in their
+    place (rank classification)."""
+    ids = self.bank.ids(self.task_prompts[task])
+    examples = self._examples(task)
+    options = [label_targets or [example['targets']] for example in examples]
+    keys = np.array([(number, index, slot, label) for index, targets in enumerate(options)
+                     for slot in range(len(ids)) for label in range(len(targets))],
+                    np.int32).reshape(-1, 4)
+    rows = self.model.make_rows([examples[index]['inputs'] for index in keys[:, 1]],
+                                [options[index][label] for index, label in keys[:, [1, 3]]],
+                                self.config.task_feature_lengths)
+    return tf.data.Dataset.from_tensor_slices((keys, {**rows, 'prompt_ids': ids[keys[:, 2]]}))
 
   def _run(self, fn, datasets: Sequence[tf.data.Dataset]) -> dict[tuple, np.ndarray]:
     """{key: output} of `fn` over the rows of `datasets`, interleaved into shared batches."""
@@ -113,22 +109,22 @@ class MultiPromptEvaluator:
       outputs.update(zip(map(tuple, keys.tolist()), np.asarray(result)[:real]))
     return outputs
 
-  def _run_tasks(self, fn, wanted, decoder_of=lambda task: None) -> dict[tuple, np.ndarray]:
+  def _run_tasks(self, fn, wanted, targets_of=lambda task: None) -> dict[tuple, np.ndarray]:
     """`_run` over the rows of every task for which `wanted(seqio task)` holds."""
-    return self._run(fn, [self._rows(number, task, decoder_of(task))
+    return self._run(fn, [self._rows(number, task, targets_of(task))
                           for number, task in enumerate(self.task_prompts)
                           if wanted(data.get_task(task))])
 
-  def _label_rows(self, task: str) -> dict[str, np.ndarray]:
-    return evaluation.label_features(data.get_task(task), labels.labels_of(task),
-                                     self.config.task_feature_lengths['targets'])
+  def _label_targets(self, task: str) -> list[list[int]]:
+    return evaluation.label_targets(data.get_task(task), labels.labels_of(task),
+                                    self.config.task_feature_lengths['targets'])
 
   def evaluate(self, step: Optional[int] = None) -> dict[str, float]:
     """Every task's metrics (see the module docstring), all tasks in shared batches."""
     decoded = self._run_tasks(self._predict, lambda task: task.predict_metric_fns)
     scored = self._run_tasks(self._score, lambda task: task.score_metric_fns)
     ranked = self._run_tasks(self._score, lambda task: labels.labels_of(task.name),
-                             self._label_rows)
+                             self._label_targets)
     results = {}
     for number, (task_name, names) in enumerate(self.task_prompts.items()):
       results.update(self._task_metrics(number, task_name, names, (decoded, scored, ranked),
@@ -218,18 +214,16 @@ class MultiPromptEvaluator:
     (keeping room for EOS), as seqio does."""
     lengths = self.config.task_feature_lengths
     ids = self.bank.ids([name for name, _ in requests])
-    inputs = np.zeros((len(requests), lengths['inputs']), np.int32)
-    for row, (name, text) in enumerate(requests):
+    inputs = []
+    for name, text in requests:
       feature = data.get_task(self.tasks[name]).output_features['inputs']
       tokens = list(feature.vocabulary.encode(text))[:lengths['inputs'] - feature.add_eos]
-      tokens += [feature.vocabulary.eos_id] * feature.add_eos
-      inputs[row, :len(tokens)] = tokens
-    empty = np.zeros((len(requests), lengths['targets']), np.int32)
+      inputs.append(tokens + [feature.vocabulary.eos_id] * feature.add_eos)
     keys = np.stack([np.zeros(len(requests), np.int32), np.arange(len(requests), dtype=np.int32),
                      np.zeros_like(ids), np.zeros_like(ids)], axis=1)
     rows = tf.data.Dataset.from_tensor_slices(
-        (keys, {'encoder_input_tokens': inputs, 'prompt_ids': ids,
-                **{name: empty for name in DECODER_FEATURES}}))
+        (keys, {**self.model.make_rows(inputs, [[]] * len(requests), lengths),
+                'prompt_ids': ids}))
     decoded = self._run(self._predict, [rows])
     return [data.get_task(self.tasks[name]).output_features['targets'].vocabulary.decode(
         decoded[0, row, 0, 0].tolist()) for row, (name, _) in enumerate(requests)]

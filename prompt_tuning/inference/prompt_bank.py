@@ -28,6 +28,7 @@ import re
 from typing import Optional, Sequence
 
 from absl import flags
+import jax
 import numpy as np
 
 from prompt_tuning.formats import prompt_formats
@@ -117,10 +118,10 @@ def run_prompt(model_dir: str, step: Optional[int] = None) -> np.ndarray:
   step = run_step(model_dir, step)
   item = str(checkpoints.as_path(model_dir) / 'checkpoints' / str(step) / 'state')
   trainable = t5x_checkpoint.orbax_tree(item)['trainable']
-  if 'prompt' not in trainable.get('encoder', {}):
+  if len(jax.tree.leaves(trainable)) != 1:  # A prompt-tuning run trains its prompt alone.
     raise ValueError(f'MODEL_DIR {model_dir} trained no prompt (a model-tuning run?); export its '
                      'weights with --format=hf.')
-  return t5x_checkpoint.restore_orbax(item, 'trainable')['encoder']['prompt']['prompt']
+  return jax.tree.leaves(t5x_checkpoint.restore_orbax(item, 'trainable'))[0]
 
 
 def run_record(model_dir: str, step: int) -> dict:

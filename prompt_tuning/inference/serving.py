@@ -16,6 +16,7 @@ once by `warm_up`: afterwards nothing compiles (`compilations()` counts XLA comp
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -26,7 +27,6 @@ import numpy as np
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily
 
-from prompt_tuning.inference import evaluation
 from prompt_tuning.model import models
 from prompt_tuning.model import prompts
 from prompt_tuning.training import partitioning
@@ -120,11 +120,11 @@ class QueueFull(Exception):
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One batch row: input ids [n] (EOS included, n <= the inputs length) with the row of its
-  prompt in the table. `targets` [T]: score these decoder ids (rank classification); None:
-  decode, keeping the first `decode_length` tokens (None: all T)."""
+  prompt in the table. `targets` [t] (t <= T): score these target ids (rank classification);
+  None: decode, keeping the first `decode_length` tokens (None: all T)."""
   tokens: np.ndarray
   prompt_id: int
-  targets: Optional[np.ndarray] = None
+  targets: Optional[Sequence[int]] = None
   decode_length: Optional[int] = None
 
 
@@ -200,7 +200,7 @@ class Engine:
     if options.max_queue_rows <= 0 or options.batch_window_ms < 0:
       raise ValueError('SERVE_QUEUE_ROWS must be positive and SERVE_BATCH_WINDOW_MS not '
                        'negative.')
-    self.frozen, self.options, self.metrics = frozen, options, metrics
+    self.model, self.frozen, self.options, self.metrics = model, frozen, options, metrics
     self.targets_length = feature_lengths['targets']
     self.batch_buckets = batch_buckets(options, batch_size, preflight.data_parallel_size(mesh))
     self.length_buckets = length_buckets(options, feature_lengths['inputs'])
@@ -211,7 +211,8 @@ class Engine:
     self._table = jax.device_put(table, replicated)
     self._table_lock = threading.Lock()
     self._predict = jax.jit(lambda table, frozen, batch: model.predict_batch(
-        frozen, batch, prompt_table=table), out_shardings=replicated)
+        frozen, batch, max_decode_length=self.targets_length, prompt_table=table),
+                            out_shardings=replicated)
     self._score = jax.jit(lambda table, frozen, batch: model.score_batch(
         frozen, batch, prompt_table=table), out_shardings=replicated)
     self._queue: collections.deque[_Item] = collections.deque()
@@ -321,36 +322,35 @@ class Engine:
     size = next(size for size in self.batch_buckets if size >= len(rows))
     length = next(length for length in self.length_buckets
                   if length >= max(len(row.tokens) for row in rows))
-    targets = np.zeros((size, self.targets_length), np.int32)
-    batch = {'encoder_input_tokens': np.zeros((size, length), np.int32),
-             'prompt_ids': np.zeros(size, np.int32)}
-    for i, row in enumerate(rows):
-      batch['encoder_input_tokens'][i, :len(row.tokens)] = row.tokens
-      batch['prompt_ids'][i] = row.prompt_id
-      if row.targets is not None:
-        targets[i] = row.targets
+    prompt_ids = np.zeros(size, np.int32)
+    prompt_ids[:len(rows)] = [row.prompt_id for row in rows]
+    batch = functools.partial(self._on_mesh, [row.tokens for row in rows], prompt_ids,
+                              {'inputs': length, 'targets': self.targets_length})
     with self._table_lock:
       table = self._table
     if rows[0].targets is not None:
-      return self._scores(table, batch, targets)[:len(rows)].tolist()
-    tokens, scores = jax.device_get(self._predict(table, self.frozen,
-                                                  self._on_mesh(batch, targets)))
+      return self._scores(table, batch([row.targets for row in rows]))[:len(rows)].tolist()
+    tokens, scores = jax.device_get(self._predict(table, self.frozen, batch([])))
     tokens, scores = np.array(tokens), np.array(scores)
     cut = [i for i, row in enumerate(rows)
            if row.decode_length is not None and tokens[i, row.decode_length:].any()]
     if cut:  # The decode's score covers all T tokens: score what is kept instead.
       for i in cut:
         tokens[i, rows[i].decode_length:] = 0
-      scores[cut] = self._scores(table, batch, tokens)[cut]  # Zeros after EOS already.
+      kept = [np.trim_zeros(row, 'b') for row in tokens]  # Zeros after EOS already.
+      scores[cut] = self._scores(table, batch(kept))[cut]
     return [(tokens[i], float(scores[i])) for i in range(len(rows))]
 
-  def _scores(self, table: prompts.PromptTable, batch: dict, targets: np.ndarray) -> np.ndarray:
-    """`score_batch` of decoder `targets` [B, T] (weights where targets > 0) -> [B]."""
-    return np.asarray(jax.device_get(self._score(table, self.frozen,
-                                                 self._on_mesh(batch, targets))))
+  def _scores(self, table: prompts.PromptTable, batch: dict) -> np.ndarray:
+    """`score_batch` of a batch's targets -> [B]."""
+    return np.asarray(jax.device_get(self._score(table, self.frozen, batch)))
 
-  def _on_mesh(self, batch: dict, targets: np.ndarray) -> dict:
-    """`batch` with the decoder features of `targets` [B, T], split over the mesh's data axes."""
-    return jax.device_put({**batch, **evaluation.decoder_features(targets)},
-                          self._batch_sharding)
+  def _on_mesh(self, inputs: Sequence[Sequence[int]], prompt_ids: np.ndarray,
+               lengths: dict[str, int], targets: Sequence[Sequence[int]]) -> dict:
+    """The model's batch (`make_rows`) of `inputs` and `targets` (the rows up to
+    `prompt_ids`' B left empty), with `prompt_ids` [B], split over the mesh's data axes."""
+    empty = [[]] * (len(prompt_ids) - len(inputs))
+    targets = list(targets) + [[]] * (len(prompt_ids) - len(targets))
+    rows = self.model.make_rows(list(inputs) + empty, targets, lengths)
+    return jax.device_put({**rows, 'prompt_ids': prompt_ids}, self._batch_sharding)
 

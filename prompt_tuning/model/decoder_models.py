@@ -16,17 +16,16 @@ the prompt have weight 0. Padding is the run of zeros at the end of a row; a 0 b
 last non-zero token is a real token.
 """
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import seqio
 
 from prompt_tuning.model import decoder_network
 from prompt_tuning.model import decoding
-from prompt_tuning.model import initializers
 from prompt_tuning.model import models
 from prompt_tuning.model import prompts
 
@@ -65,6 +64,8 @@ def left_aligned_prefix(tokens: Array, lengths: Array) -> tuple[Array, Array]:
 class DecoderOnlyModel:
   """Loss, per-example scores and predictions for a `DecoderOnlyTransformer`."""
 
+  prompt_path = 'decoder/prompt/prompt'  # The `/`-joined path of the prompt parameter.
+
   def __init__(self, module: decoder_network.DecoderOnlyTransformer,
                decode_fn=decoding.greedy, z_loss: float = 1e-4, label_smoothing: float = 0.0,
                eos_id: int = 1):
@@ -80,17 +81,45 @@ class DecoderOnlyModel:
     return DecoderOnlyModel(self.module.clone(prompt_length=0), self.decode_fn, self.z_loss,
                             self.label_smoothing, self.eos_id)
 
-  def feature_converter(self, pack: bool = False) -> seqio.FeatureConverter:
+  def initial_prompt(self, rng: Array, embedding: Array) -> Array:
+    """The prompt initialiser's `[P, E]` prompt, given the frozen `token_embedder/embedding`
+    [V, E]: a vocabulary-based initialiser sees the rows as the network embeds them (times
+    sqrt(E) for Gemma), as in the network's own init."""
+    shape = (self.module.prompt_length, embedding.shape[1])
+    scale = decoder_network.embed_scale(self.module.config)
+    return self.module.prompt_initializer(rng, shape, embedding * scale)
+
+  @staticmethod
+  def feature_converter(pack: bool = False) -> seqio.FeatureConverter:
     """The seqio converter whose batches this model reads."""
     return seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True)
 
-  def batch_shapes(self, task_feature_lengths: Mapping[str, int],
+  @staticmethod
+  def batch_shapes(task_feature_lengths: Mapping[str, int],
                    batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of a batch for `{'inputs': L, 'targets': M}`: four [B, L + M] int32 features."""
     length = task_feature_lengths['inputs'] + task_feature_lengths['targets']
     shape = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
     return {name: shape for name in ('decoder_target_tokens', 'decoder_input_tokens',
                                      'decoder_loss_weights', 'decoder_causal_attention')}
+
+  @staticmethod
+  def make_rows(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                task_feature_lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """The batch `feature_converter` makes of N examples (token lists `inputs`, `targets`,
+    cut to the lengths): four [N, L + T] int32 arrays, each row its inputs then its targets.
+    Rank classification passes each label word as the targets; a request to decode passes
+    empty targets (each row then needs at least one input token)."""
+    inputs = [list(row)[:task_feature_lengths['inputs']] for row in inputs]
+    targets = [list(row)[:task_feature_lengths['targets']] for row in targets]
+    width = task_feature_lengths['inputs'] + task_feature_lengths['targets']
+    tokens = models.pad_rows([i + t for i, t in zip(inputs, targets)], width)
+    prefix = models.pad_rows([[1] * (len(i) + 1) for i in inputs], width)
+    weights = models.pad_rows([[0] * len(i) + [1] * len(t) for i, t in zip(inputs, targets)],
+                              width)
+    return {'decoder_target_tokens': tokens,
+            'decoder_input_tokens': np.pad(tokens, [(0, 0), (1, 0)])[:, :-1],
+            'decoder_loss_weights': weights, 'decoder_causal_attention': prefix}
 
   def init(self, rng: Array, batch: Batch) -> Params:
     """Randomly initialised `params` (unboxed) for batches shaped like `batch`."""
@@ -175,18 +204,3 @@ class DecoderOnlyModel:
 
     return self.decode_fn(tokens_to_logits, cache, batch_size=batch_size,
                           max_decode_length=length, rng=rng, eos_id=self.eos_id)
-
-
-@gin.configurable
-def build_decoder_model(config: decoder_network.DecoderConfig = gin.REQUIRED,
-                        prompt_length: int = 0,
-                        prompt_initializer: initializers.PromptInitializer = initializers.uniform(),
-                        decode_fn=decoding.greedy, z_loss: float = 1e-4,
-                        label_smoothing: float = 0.0, eos_id: int = 1) -> DecoderOnlyModel:
-  """The decoder-only model a gin run describes (as `models.build_model`); `eos_id` is the
-  vocabulary's end token, where decoding stops (it overrides a gin `eos_id` of decode_fn)."""
-  if not isinstance(prompt_length, int) or prompt_length < 0:
-    raise ValueError(f'PROMPT_LENGTH={prompt_length!r} must be a whole number >= 1 for prompt '
-                     'tuning (0 only for model tuning); the paper uses 100.')
-  module = decoder_network.DecoderOnlyTransformer(config, prompt_length, prompt_initializer)
-  return DecoderOnlyModel(module, decode_fn, z_loss, label_smoothing, eos_id)

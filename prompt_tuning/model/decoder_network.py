@@ -110,6 +110,11 @@ class DecoderConfig:
             self.rope_original_max_positions)
 
 
+def embed_scale(config: DecoderConfig) -> float:
+  """What embedded tokens are multiplied by: sqrt(E) for Gemma, else 1."""
+  return math.sqrt(config.emb_dim) if config.scale_embeddings else 1.0
+
+
 def _dtypes(config: DecoderConfig) -> dict:
   return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
 
@@ -180,9 +185,6 @@ class Decoder(nn.Module):
   prompt_length: int = 0
   prompt_initializer: initializers.PromptInitializer = initializers.uniform()
 
-  def _embed_scale(self) -> float:
-    return math.sqrt(self.config.emb_dim) if self.config.scale_embeddings else 1.0
-
   def _prompt(self, batch: int, prompt_table, prompt_ids) -> Optional[tuple[Array, Array]]:
     """(prompt [B, P, E], mask [B, P]) or None."""
     if prompt_table is not None:
@@ -192,7 +194,7 @@ class Decoder(nn.Module):
       return prompt_table.select(prompt_ids)
     if not self.prompt_length:
       return None
-    scale = self._embed_scale()
+    scale = embed_scale(self.config)
     init = lambda rng, shape, table: self.prompt_initializer(rng, shape, table * scale)
     return prompts.Prompt(self.prompt_length, init, name='prompt')(batch, self.embedder.embedding)
 
@@ -228,7 +230,7 @@ class Decoder(nn.Module):
     stepping = decode and self.has_variable('cache', 'index')
     x = self.embedder(tokens)
     if cfg.scale_embeddings:
-      x = x * jnp.asarray(self._embed_scale(), x.dtype)
+      x = x * jnp.asarray(embed_scale(self.config), x.dtype)
     mask, num_prompt = token_mask.astype(jnp.int32), 0
     prompt = None if stepping else self._prompt(tokens.shape[0], prompt_table, prompt_ids)
     if prompt is not None:

@@ -12,14 +12,16 @@ are gathered inside the computation, so one jit serves every mix of tasks.
 """
 
 import functools
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
 
+from prompt_tuning.model import decoder_network
 from prompt_tuning.model import decoding
 from prompt_tuning.model import initializers
 from prompt_tuning.model import network
@@ -50,21 +52,71 @@ def cross_entropy(logits: Array, targets: Array, z_loss: float = 0.0,
   return -jnp.sum(soft_targets * log_probs, axis=-1) - entropy + z_term, z_term
 
 
+def pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  """Token lists -> [N, length] int32, each cut to `length` and zero-padded on the right."""
+  padded = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    row = list(row)[:length]
+    padded[i, :len(row)] = row
+  return padded
+
+
+def decoder_features(targets: np.ndarray) -> dict[str, np.ndarray]:
+  """The decoder features of zero-padded `targets` [N, T]: them shifted right by one (the
+  inputs), and loss weights where a token is."""
+  return {'decoder_target_tokens': targets,
+          'decoder_input_tokens': np.pad(targets, [(0, 0), (1, 0)])[:, :-1],
+          'decoder_loss_weights': (targets > 0).astype(np.int32)}
+
+
 class EncoderDecoderModel:
   """Loss, per-example scores and predictions for a T5 `Transformer`."""
 
+  prompt_path = 'encoder/prompt/prompt'  # The `/`-joined path of the prompt parameter.
+
   def __init__(self, module: network.Transformer, decode_fn=decoding.greedy,
-               z_loss: float = 1e-4, label_smoothing: float = 0.0):
+               z_loss: float = 1e-4, label_smoothing: float = 0.0, eos_id: int = 1):
     self.module = module
     self.decode_fn = decode_fn
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
+    self.eos_id = eos_id
 
   def without_prompt(self) -> 'EncoderDecoderModel':
     """The same model with no prompt of its own: the frozen model that serves a
     `prompts.PromptTable` (its parameters are this model's without `encoder/prompt`)."""
     return EncoderDecoderModel(self.module.clone(prompt_length=0), self.decode_fn, self.z_loss,
-                               self.label_smoothing)
+                               self.label_smoothing, self.eos_id)
+
+  def initial_prompt(self, rng: Array, embedding: Array) -> Array:
+    """The prompt initialiser's `[P, E]` prompt, given the frozen `token_embedder/embedding`
+    [V, E] (as the network's own init does)."""
+    shape = (self.module.prompt_length, embedding.shape[1])
+    return self.module.prompt_initializer(rng, shape, embedding)
+
+  @staticmethod
+  def feature_converter(pack: bool = False) -> seqio.FeatureConverter:
+    """The seqio converter whose batches this model reads."""
+    return seqio.EncDecFeatureConverter(pack=pack)
+
+  @staticmethod
+  def batch_shapes(task_feature_lengths: Mapping[str, int],
+                   batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of a batch for `{'inputs': L, 'targets': T}`: [B, L] encoder and [B, T]
+    decoder int32 features."""
+    shape = lambda length: jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
+    return {'encoder_input_tokens': shape(task_feature_lengths['inputs']),
+            **{name: shape(task_feature_lengths['targets']) for name in (
+                'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')}}
+
+  @staticmethod
+  def make_rows(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                task_feature_lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """The batch `feature_converter` makes of N examples (token lists `inputs`, `targets`,
+    cut to the lengths): [N, L] and [N, T] int32 arrays. Rank classification passes each
+    label word as the targets; a request to decode passes empty targets."""
+    return {'encoder_input_tokens': pad_rows(inputs, task_feature_lengths['inputs']),
+            **decoder_features(pad_rows(targets, task_feature_lengths['targets']))}
 
   def init(self, rng: Array, batch: Batch) -> Params:
     """Randomly initialised `params` (unboxed) for batches shaped like `batch`."""
@@ -134,7 +186,7 @@ class EncoderDecoderModel:
       return logits[:, -1], variables['cache']
 
     return self.decode_fn(tokens_to_logits, variables['cache'], batch_size=tokens.shape[0],
-                          max_decode_length=length, rng=rng)
+                          max_decode_length=length, rng=rng, eos_id=self.eos_id)
 
 
 def _table_prompts(batch: Batch, prompt_table: Optional[prompts.PromptTable]) -> dict:
@@ -147,14 +199,22 @@ def _table_prompts(batch: Batch, prompt_table: Optional[prompts.PromptTable]) ->
 
 
 @gin.configurable
-def build_model(config: network.T5Config = gin.REQUIRED, prompt_length: int = 0,
+def build_model(config: network.T5Config | decoder_network.DecoderConfig = gin.REQUIRED,
+                prompt_length: int = 0,
                 prompt_initializer: initializers.PromptInitializer = initializers.uniform(),
-                decode_fn=decoding.greedy, z_loss: float = 1e-4,
-                label_smoothing: float = 0.0) -> EncoderDecoderModel:
+                decode_fn=decoding.greedy, z_loss: float = 1e-4, label_smoothing: float = 0.0,
+                eos_id: int = 1):
   """The model a gin run describes: `build_model.prompt_length = %PROMPT_LENGTH`, ...
-  (0: no prompt, as in model tuning)."""
+  (0: no prompt, as in model tuning). A `network.T5Config` makes an `EncoderDecoderModel`,
+  a `decoder_network.DecoderConfig` a `decoder_models.DecoderOnlyModel`. `eos_id` is the
+  vocabulary's end token, where decoding stops (it overrides a gin `eos_id` of decode_fn)."""
   if not isinstance(prompt_length, int) or prompt_length < 0:
     raise ValueError(f'PROMPT_LENGTH={prompt_length!r} must be a whole number >= 1 for prompt '
                      'tuning (0 only for model tuning); the paper uses 100.')
-  module = network.Transformer(config, prompt_length, prompt_initializer)
-  return EncoderDecoderModel(module, decode_fn, z_loss, label_smoothing)
+  if isinstance(config, network.T5Config):
+    module = network.Transformer(config, prompt_length, prompt_initializer)
+    return EncoderDecoderModel(module, decode_fn, z_loss, label_smoothing, eos_id)
+  # decoder_models imports this module, so it is imported when first needed.
+  from prompt_tuning.model import decoder_models  # pylint: disable=g-import-not-at-top
+  module = decoder_network.DecoderOnlyTransformer(config, prompt_length, prompt_initializer)
+  return decoder_models.DecoderOnlyModel(module, decode_fn, z_loss, label_smoothing, eos_id)

@@ -24,6 +24,38 @@ from prompt_tuning.model import initializers
 Array = jax.Array
 
 
+def get_at(params, path: str):
+  """The subtree of nested dicts `params` at the `/`-joined `path` (e.g. a model's
+  `prompt_path`)."""
+  for key in path.split('/'):
+    params = params[key]
+  return params
+
+
+def set_at(params, path: str, value) -> None:
+  """Puts `value` at the `/`-joined `path` of nested dicts `params`, making missing levels."""
+  *parents, last = path.split('/')
+  for key in parents:
+    params = params.setdefault(key, {})
+  params[last] = value
+
+
+def pop_at(params, path: str):
+  """Removes the leaf at the `/`-joined `path` of nested dicts `params` and returns it, with
+  every level left empty; None if there is none."""
+  *parents, last = path.split('/')
+  levels = [params]
+  for key in parents:
+    if key not in levels[-1]:
+      return None
+    levels.append(levels[-1][key])
+  value = levels[-1].pop(last, None)
+  for level, key in zip(reversed(levels[:-1]), reversed(parents)):
+    if not level[key]:
+      del level[key]
+  return value
+
+
 def prefix(prompt: Array, prompt_mask: Array, embedded: Array,
            mask: Array) -> tuple[Array, Array]:
   """Puts each example's prompt before its inputs.

@@ -236,9 +236,9 @@ def check_resumable(meta: dict, trainable: Params, frozen_record: dict) -> None:
                      'MODEL_DIR.')
 
 
-def export_prompt(trainable: Params, path: str) -> None:
+def export_prompt(prompt: jax.Array, path: str) -> None:
   """Writes the prompt `[P, E]` as float32 `.npy`."""
-  prompt = np.asarray(jax.device_get(trainable['encoder']['prompt']['prompt']), np.float32)
+  prompt = np.asarray(jax.device_get(prompt), np.float32)
   path = as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with path.open('wb') as f:

@@ -26,6 +26,8 @@ class DataConfig:
   seed: int = 42  # Fixes the shuffle, so a resumed run sees the same order.
   pack: bool = False  # Refused with a prompt: each example needs its own prompt.
   use_cached: bool = False  # Read a seqio cache made by seqio's cache_tasks_main.
+  # The model's (`model.feature_converter(pack)`; train sets it); None: a T5's.
+  feature_converter: Optional[seqio.FeatureConverter] = None
 
 
 def import_task_modules(modules: str | Sequence[str]) -> None:
@@ -52,10 +54,6 @@ def check_packing(config: DataConfig, prompt_length: int) -> None:
   if config.pack and prompt_length:
     raise ValueError('packing is not supported with a prompt (each example needs its own '
                      'prompt); set DataConfig.pack = False.')
-
-
-def feature_converter(pack: bool = False) -> seqio.EncDecFeatureConverter:
-  return seqio.EncDecFeatureConverter(pack=pack)
 
 
 def _sources_shard(task: seqio.Task | seqio.Mixture, split: str, num_shards: int) -> bool:
@@ -96,7 +94,7 @@ def host_batches(config: DataConfig, shard_index: int, num_shards: int,
   is the same whether a run reaches it directly or resumes at it. Resuming restores the
   `position` saved at `start_step` (`HostBatches.save`), which costs the same at any step;
   without one it replays the `start_step` batches before (tf.data's `skip`: every example
-  read and preprocessed again, about 10 s per 1,000 steps of batch 32 on 2 CPU cores).
+  read and preprocessed again, 10-20 s per 1,000 steps of batch 32 on 2 CPU cores).
 
   Each host reads only its seqio shard (`ShardInfo`: files or TFDS shards); a source that
   cannot be split that way (a `FunctionDataSource`, fewer files than hosts) is read whole
@@ -111,7 +109,8 @@ def host_batches(config: DataConfig, shard_index: int, num_shards: int,
       config.mixture_or_task_name, config.task_feature_lengths, dataset_split=config.split,
       shuffle=config.shuffle, num_epochs=num_epochs, seed=config.seed,
       shard_info=seqio.ShardInfo(shard_index, num_shards) if at_source else None,
-      use_cached=config.use_cached, feature_converter=feature_converter(config.pack))
+      use_cached=config.use_cached,
+      feature_converter=config.feature_converter or seqio.EncDecFeatureConverter(config.pack))
   if not at_source:
     dataset = dataset.shard(num_shards, shard_index)
   dataset = dataset.batch(config.batch_size // num_shards, drop_remainder=True)

@@ -5,6 +5,8 @@ placed, possibly resumed `PreparedRun`.
 """
 
 import dataclasses
+import posixpath
+import re
 from typing import Any, Optional, Sequence
 
 import gin
@@ -14,6 +16,7 @@ import optax
 
 from prompt_tuning.formats import initial_checkpoint
 from prompt_tuning.model import models
+from prompt_tuning.model import prompts
 from prompt_tuning.training import checkpoints
 from prompt_tuning.training import data
 from prompt_tuning.training import partitioning
@@ -30,10 +33,16 @@ class RunSetup:
   model: models.EncoderDecoderModel
   optimizer: optax.GradientTransformation
   initial_checkpoint_path: Optional[str] = None  # Frozen weights; None = random (tests).
-  trainable_parameters: Sequence[str] = trainer.PROMPT_ONLY  # Regexes over `/` paths.
+  # Regexes over `/` paths; None: the model's prompt (`model.prompt_path`) only.
+  trainable_parameters: Optional[Sequence[str]] = None
   frozen_dtype: Optional[str] = None  # FROZEN_DTYPE, e.g. 'bfloat16'.
   task_modules: Sequence[str] = ()  # MIXTURE_OR_TASK_MODULE.
   seed: int = 0
+
+  def __post_init__(self):
+    if self.trainable_parameters is None:
+      prompt_scope = posixpath.dirname(self.model.prompt_path)
+      object.__setattr__(self, 'trainable_parameters', (f'{re.escape(prompt_scope)}/.*',))
 
 
 @dataclasses.dataclass
@@ -47,13 +56,10 @@ class PreparedRun:
   checkpoints: checkpoints.RunCheckpoints
 
 
-def batch_shapes(feature_lengths, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of an `EncDecFeatureConverter` batch."""
-  shape = lambda length: jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
-  return {'encoder_input_tokens': shape(feature_lengths['inputs']),
-          'decoder_input_tokens': shape(feature_lengths['targets']),
-          'decoder_target_tokens': shape(feature_lengths['targets']),
-          'decoder_loss_weights': shape(feature_lengths['targets'])}
+def batch_shapes(feature_lengths, batch_size: int,
+                 model=models.EncoderDecoderModel) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of `model`'s batches (`model.batch_shapes`; default: a T5's)."""
+  return model.batch_shapes(feature_lengths, batch_size)
 
 
 def abstract_params(model: models.EncoderDecoderModel, shapes, shardings) -> Params:
@@ -73,14 +79,13 @@ def load_model_params(model: models.EncoderDecoderModel, mesh, shapes,
     zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
     return jax.jit(model.init, out_shardings=shardings)(rng, zeros), shardings
   abstract = abstract_params(model, shapes, shardings)
-  prompt = abstract['encoder'].pop('prompt', None)
+  prompt = prompts.pop_at(abstract, model.prompt_path)
   params = initial_checkpoint.load_params(initial_checkpoint_path, abstract)
   if prompt is not None:
     embeddings = params['token_embedder']['embedding']
-    init = jax.jit(lambda key: model.module.prompt_initializer(
-        key, prompt['prompt'].shape, embeddings).astype(prompt['prompt'].dtype),
-                   out_shardings=prompt['prompt'].sharding)
-    params['encoder']['prompt'] = {'prompt': init(rng)}
+    init = jax.jit(lambda key: model.initial_prompt(key, embeddings).astype(prompt.dtype),
+                   out_shardings=prompt.sharding)
+    prompts.set_at(params, model.prompt_path, init(rng))
   return params, shardings
 
 
@@ -92,9 +97,9 @@ def frozen_weights(setup: RunSetup, shapes, mesh: jax.sharding.Mesh) -> tuple[Pa
   params, _ = load_model_params(setup.model, mesh, shapes, setup.initial_checkpoint_path,
                                 setup.seed)
   trainable, frozen = trainer.split_params(params, setup.trainable_parameters)
-  if set(checkpoints.trainable_shapes(trainable)) != {'encoder/prompt/prompt'}:
+  if set(checkpoints.trainable_shapes(trainable)) != {setup.model.prompt_path}:
     raise ValueError('prompts from --prompt need a prompt-tuning run configuration (only '
-                     "'encoder/prompt/.*' trained), not model tuning; drop "
+                     f"'{setup.model.prompt_path}' trained), not model tuning; drop "
                      'runs/model_finetune.gin.')
   frozen = trainer.cast_frozen(frozen, setup.frozen_dtype)
   return frozen, _frozen_record(setup, frozen)
