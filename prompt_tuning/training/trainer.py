@@ -38,13 +38,14 @@ def _flat(params: Params) -> dict[str, Any]:
 
 def split_params(params: Params, trainable_patterns: Sequence[str]) -> tuple[Params, Params]:
   """(trainable, frozen): a parameter is trainable if its `/`-joined path fully matches
-  any pattern (`encoder/prompt/.*` = prompt tuning, `.*` = model tuning)."""
+  any pattern (`encoder/prompt/.*` = a T5's prompt, `.*` = model tuning)."""
   flat = _flat(params)
   is_trainable = lambda path: any(re.fullmatch(p, path) for p in trainable_patterns)
   trainable = {path: value for path, value in flat.items() if is_trainable(path)}
   if not trainable:
     raise ValueError(f'TRAINABLE_PARAMETERS {list(trainable_patterns)} match no parameter; '
-                     'use encoder/prompt/.* (prompt tuning, needs PROMPT_LENGTH > 0) or .*')
+                     "leave runs.RunSetup.trainable_parameters unset (the model's prompt, "
+                     'needs PROMPT_LENGTH > 0) or use .* (model tuning).')
   frozen = {path: value for path, value in flat.items() if path not in trainable}
   unflat = lambda tree: traverse_util.unflatten_dict(tree, sep='/')
   return unflat(trainable), unflat(frozen)
