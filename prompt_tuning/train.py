@@ -104,7 +104,7 @@ def prepare(setup: runs.RunSetup, train_steps: int, train_data: data.DataConfig,
     raise ValueError('--prompt is for evaluate, infer and interpret; train learns one prompt '
                      '(to start from a .npy: prompts/from_file.gin with PROMPT_FILE).')
   data.import_task_modules(setup.task_modules)
-  data.get_task(train_data.mixture_or_task_name)
+  data.check_eos(train_data.mixture_or_task_name, setup.model.eos_id)
   preflight.check_feature_lengths(train_data.task_feature_lengths)
   if eval_data:
     preflight.check_feature_lengths(eval_data.task_feature_lengths)

@@ -24,6 +24,7 @@ from prompt_tuning.model import decoder_models
 from prompt_tuning.model import decoder_network
 from prompt_tuning.model import initializers
 from prompt_tuning.model import models
+from prompt_tuning.training import data
 from tasks import user_task
 
 LENGTHS = {'inputs': 16, 'targets': 4}
@@ -83,6 +84,10 @@ def test_a_user_task_reads_a_hugging_face_directory(tmp_path):
       LENGTHS, 'validation', shuffle=False).as_numpy_iterator())
   np.testing.assert_array_equal(example['inputs'], [1, 7, 3, 4])  # BOS, no EOS.
   np.testing.assert_array_equal(example['targets'], [5, 2])  # The model's EOS.
+  data.check_eos('hf_words', 2)
+  with pytest.raises(ValueError, match=r"hf_words's targets end with EOS 2 but the model stops "
+                     r'at eos_id=1; set --gin.models.build_model.eos_id=2'):
+    data.check_eos('hf_words', 1)
 
 
 def test_decoder_weights_of_another_size_are_one_line(tmp_path):

@@ -50,6 +50,19 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
                      'that module in MIXTURE_OR_TASK_MODULE (or a gin import line).') from None
 
 
+def check_eos(name: str, eos_id: int) -> None:
+  """Refuses a task or mixture whose targets end with another EOS than the model's `eos_id`
+  (where decoding stops)."""
+  task = get_task(name)
+  for each in task.tasks if isinstance(task, seqio.Mixture) else [task]:
+    feature = each.output_features.get('targets')
+    if feature is not None and feature.add_eos and feature.vocabulary.eos_id != eos_id:
+      raise ValueError(f"task {each.name}'s targets end with EOS {feature.vocabulary.eos_id} "
+                       f'but the model stops at eos_id={eos_id}; set --gin.models.build_model.'
+                       f'eos_id={feature.vocabulary.eos_id} or give the task the model\'s '
+                       'tokenizer.')
+
+
 def check_packing(config: DataConfig, prompt_length: int) -> None:
   if config.pack and prompt_length:
     raise ValueError('packing is not supported with a prompt (each example needs its own '
