@@ -29,7 +29,7 @@ from prompt_tuning import gin_config
 from prompt_tuning.model import models
 from prompt_tuning.model import network
 from prompt_tuning.model import prompts
-from prompt_tuning.training import runs
+
 
 _SIZE = flags.DEFINE_string('size', 'small', 'T5 1.1 size: a gin/models/t5_1_1_<size>.gin.')
 _BATCH = flags.DEFINE_integer('batch', 32, 'Examples per batch.')
@@ -73,7 +73,8 @@ def main(argv):
                    [f"network.T5Config.dtype = '{_DTYPE.value}'"])
   config = models.build_model().module.config
   rng = np.random.RandomState(0)
-  shapes = runs.batch_shapes({'inputs': _INPUTS.value, 'targets': _TARGETS.value}, _BATCH.value)
+  shapes = models.EncoderDecoderModel.batch_shapes(
+      {'inputs': _INPUTS.value, 'targets': _TARGETS.value}, _BATCH.value)
   batch = {name: rng.randint(2, config.vocab_size, shape.shape).astype(np.int32)
            for name, shape in shapes.items()}
   batch['decoder_loss_weights'] = np.ones_like(batch['decoder_target_tokens'])

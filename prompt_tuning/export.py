@@ -17,19 +17,20 @@ r"""Writes what a run trained in the formats other tools read, and imports PEFT 
 """
 
 import os
-from typing import Optional
 
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import gin_config
 from prompt_tuning.formats import hf_checkpoint
+from prompt_tuning.formats import hf_decoder
 from prompt_tuning.formats import initial_checkpoint
 from prompt_tuning.formats import prompt_formats
 from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import decoder_network
 from prompt_tuning.model import models
+from prompt_tuning.model import prompts
 from prompt_tuning.training import checkpoints
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'The run (MODEL_DIR) to export from.')
@@ -50,18 +51,21 @@ def export_hf(checkpoint: str, output: str) -> None:
   layout."""
   model = models.build_model()
   params = initial_checkpoint.load_params(checkpoint, frozen_on_one_device(model))
-  hf_checkpoint.save(output, params, model.module.config)
+  config = model.module.config
+  if isinstance(config, decoder_network.DecoderConfig):
+    hf_decoder.save_hf_directory(params, config, output, model.eos_id)
+  else:
+    hf_checkpoint.save(output, params, config)
 
 
 def frozen_on_one_device(model: models.EncoderDecoderModel):
   """The abstract frozen weights of `model` (its parameters without the prompt), as
   `jax.ShapeDtypeStruct`s on the first device: what `initial_checkpoint.load_params` fills."""
-  shapes = {name: jax.ShapeDtypeStruct((1, 1), jnp.int32) for name in
-            ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
+  shapes = model.batch_shapes({'inputs': 1, 'targets': 1}, 1)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           jax.eval_shape(model.init, jax.random.PRNGKey(0), shapes))
-  abstract['encoder'].pop('prompt', None)
+  prompts.pop_at(abstract, model.prompt_path)
   return abstract
 
 

@@ -123,7 +123,7 @@ def compile_train_step(setup: runs.RunSetup, shapes: dict, mesh) -> Plan:
 
   Args:
     setup: the run's model, optimiser, trainable parameters and FROZEN_DTYPE.
-    shapes: `runs.batch_shapes(...)`: `[B, L]` / `[B, T]` int32 `ShapeDtypeStruct`s.
+    shapes: `model.batch_shapes(...)`: `[B, L]` / `[B, T]` int32 `ShapeDtypeStruct`s.
     mesh: the preset's `('data', 'model')` mesh, on CPU or compile-only TPU devices.
   """
   start = time.perf_counter()
@@ -207,7 +207,8 @@ def main(argv):
         f'{train_data.batch_size}, inputs {lengths["inputs"]}, targets {lengths["targets"]}, '
         f'prompt {prompt}; activations {config.dtype}, frozen {setup.frozen_dtype or "as created"}'
         f', remat {config.remat_policy}, scan_layers {config.scan_layers}')
-  plan = compile_train_step(setup, runs.batch_shapes(lengths, train_data.batch_size), mesh)
+  plan = compile_train_step(setup, setup.model.batch_shapes(lengths, train_data.batch_size),
+                            mesh)
   print(f'compiled in {plan.seconds:.1f} s on {os.cpu_count()} CPU cores')
   memories = (('--device_memory_gb', _DEVICE_MEMORY_GB.value * GB),) if (
       _DEVICE_MEMORY_GB.value) else target.memories

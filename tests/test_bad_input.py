@@ -18,7 +18,7 @@ from prompt_tuning import gin_config
 from prompt_tuning.inference import prompt_bank
 from prompt_tuning.model import models
 from prompt_tuning.training import checkpoints
-from prompt_tuning.training import runs
+
 
 SHORT_RUN = ('--gin.TRAIN_STEPS=4', '--gin.CHECKPOINT_PERIOD=2', '--gin.EVAL_PERIOD=0',
              '--gin.DROPOUT_RATE=0.0')
@@ -211,7 +211,7 @@ def test_frozen_weights_are_matched_by_fingerprint_not_path(tmp_path):
   gin_config.parse(['models/t5_1_1_tiny.gin', 'runs/prompt_finetune.gin'],
                    ["MODEL_DIR = '/unused'", "MIXTURE_OR_TASK_NAME = 'unused'"])
   model = models.build_model()
-  shapes = runs.batch_shapes({'inputs': 16, 'targets': 4}, 8)
+  shapes = models.EncoderDecoderModel.batch_shapes({'inputs': 16, 'targets': 4}, 8)
   params = model.init(jax.random.PRNGKey(3),
                       {k: np.zeros(v.shape, v.dtype) for k, v in shapes.items()})
   checkpoints.save_params(str(tmp_path / 'weights'), params)

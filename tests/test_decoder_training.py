@@ -16,6 +16,7 @@ import cli
 import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`, `tiny_opposite`.
 from paths import VOCAB_PATH
 from prompt_tuning import evaluate
+from prompt_tuning import export
 from prompt_tuning import gin_config
 from prompt_tuning import train
 from prompt_tuning.formats import hf_decoder
@@ -217,3 +218,13 @@ def test_serving_engine_answers_as_offline_inference(hf_dir, trained):
   rows['prompt_ids'] = np.zeros(len(texts) * len(LABELS), np.int32)
   want = model.score_batch(offline.frozen, rows, prompt_table=offline.table)
   np.testing.assert_allclose(ranked, want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_writes_the_frozen_weights_as_a_hugging_face_directory(hf_dir, tmp_path):
+  """`export --format=hf` of a decoder-only model: the directory it writes holds exactly the
+  weights it read."""
+  gin_config.parse(['models/decoder_tiny.gin'], [])
+  export.export_hf(hf_dir, str(tmp_path / 'hf'))
+  (written, _), (original, _) = (hf_decoder.load_params(path)
+                                 for path in (str(tmp_path / 'hf'), hf_dir))
+  jax.tree.map(np.testing.assert_array_equal, written, original)

@@ -26,6 +26,7 @@ from prompt_tuning import gin_config
 from prompt_tuning.inference import evaluation
 from prompt_tuning.inference import multi_prompt
 from prompt_tuning.inference import prompt_bank
+from prompt_tuning.model import models
 from prompt_tuning.training import data
 from prompt_tuning.training import partitioning
 from prompt_tuning.training import runs
@@ -89,7 +90,7 @@ def setup(tmp_path_factory):
     gin.clear_config()
   data.import_task_modules('serve_tasks')
   mesh = partitioning.create_mesh(devices=jax.devices()[:1])  # As the servers: one device.
-  shapes = runs.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
+  shapes = models.EncoderDecoderModel.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
   frozen, record = runs.frozen_weights(run, shapes, mesh)
   fingerprint = record['fingerprint']
   for seed, (name, task) in enumerate(TASKS.items()):

@@ -14,6 +14,7 @@ from flax import traverse_util
 from test_trainer import FEATURES, _batches, _parse, _train
 from tiny_checkpoints import TINY, assert_placed, load, random_params
 from prompt_tuning.formats import t5x_checkpoint
+from prompt_tuning.model import models
 from prompt_tuning.model import network
 from prompt_tuning.training import checkpoints
 from prompt_tuning.training import partitioning
@@ -148,7 +149,7 @@ def test_a_prompt_trains_on_a_t5x_checkpoint(tmp_path):
   setup = runs.RunSetup()
   frozen = random_params(setup.model.module.config)
   write_legacy(tmp_path / 'checkpoint_7', frozen)
-  run = runs.prepare(setup, runs.batch_shapes(FEATURES, 8), checkpoints.CheckpointConfig(),
+  run = runs.prepare(setup, models.EncoderDecoderModel.batch_shapes(FEATURES, 8), checkpoints.CheckpointConfig(),
                      partitioning.create_mesh(mesh_shape=(4, 2)))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.frozen), frozen)
   prompt = np.asarray(run.state.trainable['encoder']['prompt']['prompt'])

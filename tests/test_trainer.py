@@ -14,6 +14,7 @@ from jax._src import array as jax_array
 import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`.
 from prompt_tuning import gin_config
 from prompt_tuning import train
+from prompt_tuning.model import models
 from prompt_tuning.training import checkpoints
 from prompt_tuning.training import data
 from prompt_tuning.training import partitioning
@@ -40,7 +41,7 @@ def _clear_gin():
 def _prepared(model_dir, mesh):
   _parse(model_dir)
   setup = runs.RunSetup()
-  shapes = runs.batch_shapes(FEATURES, 8)
+  shapes = models.EncoderDecoderModel.batch_shapes(FEATURES, 8)
   return setup, runs.prepare(setup, shapes, checkpoints.CheckpointConfig(), mesh)
 
 

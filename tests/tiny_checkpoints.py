@@ -10,7 +10,7 @@ from prompt_tuning.training import runs
 
 TINY = network.T5Config(vocab_size=64, emb_dim=32, num_heads=4, num_encoder_layers=2,
                         num_decoder_layers=2, head_dim=8, mlp_dim=64, dtype='float32')
-SHAPES = runs.batch_shapes({'inputs': 8, 'targets': 4}, batch_size=8)
+SHAPES = models.EncoderDecoderModel.batch_shapes({'inputs': 8, 'targets': 4}, batch_size=8)
 
 
 def random_params(config: network.T5Config = TINY, seed: int = 0):

@@ -56,12 +56,6 @@ class PreparedRun:
   checkpoints: checkpoints.RunCheckpoints
 
 
-def batch_shapes(feature_lengths, batch_size: int,
-                 model=models.EncoderDecoderModel) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of `model`'s batches (`model.batch_shapes`; default: a T5's)."""
-  return model.batch_shapes(feature_lengths, batch_size)
-
-
 def abstract_params(model: models.EncoderDecoderModel, shapes, shardings) -> Params:
   """The model's parameters as `jax.ShapeDtypeStruct`s carrying `shardings`; nothing
   allocated."""
