@@ -135,6 +135,15 @@ def test_a_saved_data_position_continues_where_replaying_would(tmp_path):
       jax.tree.map(np.testing.assert_array_equal, next(batches), want)
 
 
+def test_a_pipeline_tf_data_cannot_save_gives_no_position(tmp_path):
+  """A preprocessor with a `tf.py_function` (stateful): nothing is written, and saving says so."""
+  stateful = tf.data.Dataset.range(8).map(
+      lambda x: {'x': tf.py_function(lambda y: y, [x], tf.int64)}).batch(2)
+  batches = data.HostBatches(stateful)
+  next(batches)
+  assert not batches.save(str(tmp_path / 'position')) and not os.listdir(tmp_path)
+
+
 def _tensorboard_scalars(model_dir, name):
   """{step: value} of the train scalar `name` in MODEL_DIR/train's event files."""
   values = {}

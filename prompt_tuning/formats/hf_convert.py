@@ -66,11 +66,12 @@ def _key_pairs(config: T5Config):
     yield ('decoder', 'logits_dense', 'kernel'), 'lm_head.weight', True
 
 
-def from_hf(state_dict: Mapping[str, np.ndarray], config: T5Config) -> Params:
-  """HF state dict -> our `params` tree (without a prompt)."""
+def tree_from_pairs(state_dict: Mapping[str, np.ndarray], pairs, config_name: str) -> Params:
+  """Our unscanned `params` tree from an HF state dict, by `pairs` of (our path tuple, HF
+  key, transpose?); a one-line error naming the missing keys and `config_name`'s class."""
   params: Params = {}
   missing = []
-  for path, key, transpose in _key_pairs(config):
+  for path, key, transpose in pairs:
     if key not in state_dict:
       missing.append(key)
       continue
@@ -80,8 +81,14 @@ def from_hf(state_dict: Mapping[str, np.ndarray], config: T5Config) -> Params:
       node = node.setdefault(name, {})
     node[path[-1]] = value.T if transpose else value
   if missing:
-    raise ValueError(f'Hugging Face state dict lacks {len(missing)} weights the T5Config needs, '
-                     f'e.g. {missing[:3]}; check the config matches the checkpoint.')
+    raise ValueError(f'Hugging Face state dict lacks {len(missing)} weights the {config_name} '
+                     f'needs, e.g. {missing[:3]}; check the config matches the checkpoint.')
+  return params
+
+
+def from_hf(state_dict: Mapping[str, np.ndarray], config: T5Config) -> Params:
+  """HF state dict -> our `params` tree (without a prompt)."""
+  params = tree_from_pairs(state_dict, _key_pairs(config), 'T5Config')
   return network.stack_layers(params, config) if config.scan_layers else params
 
 

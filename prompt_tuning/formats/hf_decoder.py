@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from prompt_tuning.formats import hf_checkpoint
+from prompt_tuning.formats import hf_convert
 from prompt_tuning.formats import safetensors_file
 from prompt_tuning.model import decoder_network
 from prompt_tuning.model.decoder_network import DecoderConfig
@@ -167,21 +168,7 @@ def _split_fused(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def from_hf(state_dict: Mapping[str, np.ndarray], config: DecoderConfig) -> Params:
   """HF state dict -> our `params` tree (without a prompt; views where no copy is needed)."""
-  state_dict = _split_fused(state_dict)
-  params: Params = {}
-  missing = []
-  for path, key, transpose in _pairs(config):
-    if key not in state_dict:
-      missing.append(key)
-      continue
-    value = np.asarray(state_dict[key])
-    node = params
-    for name in path[:-1]:
-      node = node.setdefault(name, {})
-    node[path[-1]] = value.T if transpose else value
-  if missing:
-    raise ValueError(f'Hugging Face state dict lacks {len(missing)} weights the DecoderConfig '
-                     f'needs, e.g. {missing[:3]}; check the config matches the checkpoint.')
+  params = hf_convert.tree_from_pairs(_split_fused(state_dict), _pairs(config), 'DecoderConfig')
   return decoder_network.stack_layers(params, config) if config.scan_layers else params
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from etils import epath
 from flax import traverse_util
 
@@ -99,6 +100,7 @@ class RunCheckpoints:
   def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
     self.config = config
     self.save_failed = False  # Set once a failed save was reported: `close` adds no second.
+    self.position_noted = False  # Said once that the data position cannot be saved.
     self.directories = [as_path(model_dir) / 'checkpoints']
     self._data_positions = as_path(model_dir) / 'data_positions'  # <step>/process_<i>_of_<n>.
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, create=False)
@@ -122,14 +124,35 @@ class RunCheckpoints:
   def save_data_position(self, step: int, batches: data.HostBatches) -> None:
     """Saves this host's position in its batches after `step` of them (before the
     checkpoint of `step`, so that every complete checkpoint has one); process 0 drops
-    those of steps older than the newest `keep` checkpoints."""
-    batches.save(str(self._data_prefix(step)))
+    those of steps older than the newest `keep` checkpoints. A failed write is the failed
+    save of checkpoint `step` (one line); a pipeline whose state tf.data cannot save is said
+    once, and its runs resume by replaying."""
+    prefix = self._data_prefix(step)
+    try:
+      saved = batches.save(str(prefix))
+    except tf.errors.OpError as e:
+      self._remove_data_position(prefix)
+      self._raise_save_error(self.latest, step, e)
+    if not saved:
+      self._remove_data_position(prefix)
+      if not self.position_noted and jax.process_index() == 0:
+        print('note: this task\'s data pipeline holds state tf.data cannot save (e.g. a '
+              'tf.py_function), so no data position is saved: a resumed run replays the '
+              'batches before its step.', flush=True)
+      self.position_noted = True
     if jax.process_index() == 0:
       kept = {str(kept_step) for kept_step in
               sorted({*self.latest.all_steps(), step})[-self.config.keep:]}
       for folder in self._data_positions.iterdir():
         if folder.name not in kept:
           folder.rmtree()
+
+  @staticmethod
+  def _remove_data_position(prefix: epath.Path) -> None:
+    """Deletes what this host wrote at `prefix` (TensorFlow's files and temporary folder)."""
+    if prefix.parent.exists():
+      for path in prefix.parent.glob(prefix.name + '*'):
+        path.rmtree(missing_ok=True) if path.is_dir() else path.unlink(missing_ok=True)
 
   def _data_prefix(self, step: int) -> epath.Path:
     return (self._data_positions / str(step) /

@@ -83,6 +83,7 @@ class HostBatches:
 
   def __init__(self, dataset: tf.data.Dataset):
     self._iterator = iter(dataset)
+    self.saveable = True  # False once tf.data said it cannot save this pipeline's state.
 
   def __iter__(self) -> 'HostBatches':
     return self
@@ -90,9 +91,17 @@ class HostBatches:
   def __next__(self) -> HostBatch:
     return {name: value.numpy() for name, value in next(self._iterator).items()}
 
-  def save(self, prefix: str) -> None:
-    """Writes the position to `prefix`.index / .data-* (a local path or gs://)."""
-    tf.train.Checkpoint(iterator=self._iterator).write(prefix)
+  def save(self, prefix: str) -> bool:
+    """Writes the position to `prefix`.index / .data-* (a local path or gs://); False when
+    the pipeline holds state tf.data cannot save (a `tf.py_function` in a preprocessor)."""
+    if self.saveable:
+      try:
+        tf.train.Checkpoint(iterator=self._iterator).write(prefix)
+      except tf.errors.FailedPreconditionError as e:
+        if 'stateful' not in str(e):
+          raise
+        self.saveable = False
+    return self.saveable
 
   def restore(self, prefix: str) -> None:
     tf.train.Checkpoint(iterator=self._iterator).read(prefix).assert_consumed()

@@ -42,8 +42,9 @@ def fix(code: Optional[int]) -> str:
 
 
 def os_error_of(error: Optional[BaseException]) -> Optional[tuple[Optional[int], str]]:
-  """(errno, cause) of the OS error behind `error` (itself, what caused it, or tensorstore's
-  `[os_error_code='28']` inside its message), or None when there is none."""
+  """(errno, cause) of the OS error behind `error` (itself, what caused it, tensorstore's
+  `[os_error_code='28']` inside its message, or TensorFlow's message naming the cause, e.g.
+  `No space left on device`), or None when there is none."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
@@ -52,6 +53,9 @@ def os_error_of(error: Optional[BaseException]) -> Optional[tuple[Optional[int],
     code = re.search(r"os_error_code='?(\d+)", str(error))
     if code:
       return int(code[1]), os.strerror(int(code[1]))
+    named = [known for known in _FIXES if os.strerror(known) in str(error)]  # TensorFlow's.
+    if named:
+      return named[0], os.strerror(named[0])
     error = error.__cause__ or error.__context__
   return None
 
