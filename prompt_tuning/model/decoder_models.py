@@ -25,7 +25,6 @@ import numpy as np
 import seqio
 
 from prompt_tuning.model import decoder_network
-from prompt_tuning.model import decoding
 from prompt_tuning.model import models
 from prompt_tuning.model import prompts
 
@@ -61,25 +60,10 @@ def left_aligned_prefix(tokens: Array, lengths: Array) -> tuple[Array, Array]:
   return jnp.where(mask, prefix, 0), mask.astype(jnp.int32)
 
 
-class DecoderOnlyModel:
+class DecoderOnlyModel(models.PromptedModel):
   """Loss, per-example scores and predictions for a `DecoderOnlyTransformer`."""
 
-  prompt_path = 'decoder/prompt/prompt'  # The `/`-joined path of the prompt parameter.
-
-  def __init__(self, module: decoder_network.DecoderOnlyTransformer,
-               decode_fn=decoding.greedy, z_loss: float = 1e-4, label_smoothing: float = 0.0,
-               eos_id: int = 1):
-    self.module = module
-    self.decode_fn = decode_fn
-    self.z_loss = z_loss
-    self.label_smoothing = label_smoothing
-    self.eos_id = eos_id
-
-  def without_prompt(self) -> 'DecoderOnlyModel':
-    """The same model with no prompt of its own: the frozen model that serves a
-    `prompts.PromptTable` (its parameters are this model's without `decoder/prompt`)."""
-    return DecoderOnlyModel(self.module.clone(prompt_length=0), self.decode_fn, self.z_loss,
-                            self.label_smoothing, self.eos_id)
+  prompt_path = 'decoder/prompt/prompt'
 
   def initial_prompt(self, rng: Array, embedding: Array) -> Array:
     """The prompt initialiser's `[P, E]` prompt, given the frozen `token_embedder/embedding`

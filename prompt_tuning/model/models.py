@@ -69,24 +69,31 @@ def decoder_features(targets: np.ndarray) -> dict[str, np.ndarray]:
           'decoder_loss_weights': (targets > 0).astype(np.int32)}
 
 
-class EncoderDecoderModel:
-  """Loss, per-example scores and predictions for a T5 `Transformer`."""
+class PromptedModel:
+  """What every model kind holds: its flax `module` (with the prompt, if any, at the
+  subclass's `prompt_path`), the decoder, the loss settings and the EOS id."""
 
-  prompt_path = 'encoder/prompt/prompt'  # The `/`-joined path of the prompt parameter.
+  prompt_path: str  # The `/`-joined path of the prompt parameter.
 
-  def __init__(self, module: network.Transformer, decode_fn=decoding.greedy,
-               z_loss: float = 1e-4, label_smoothing: float = 0.0, eos_id: int = 1):
+  def __init__(self, module: nn.Module, decode_fn=decoding.greedy, z_loss: float = 1e-4,
+               label_smoothing: float = 0.0, eos_id: int = 1):
     self.module = module
     self.decode_fn = decode_fn
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
     self.eos_id = eos_id
 
-  def without_prompt(self) -> 'EncoderDecoderModel':
+  def without_prompt(self):
     """The same model with no prompt of its own: the frozen model that serves a
-    `prompts.PromptTable` (its parameters are this model's without `encoder/prompt`)."""
-    return EncoderDecoderModel(self.module.clone(prompt_length=0), self.decode_fn, self.z_loss,
-                               self.label_smoothing, self.eos_id)
+    `prompts.PromptTable` (its parameters are this model's without the prompt)."""
+    return type(self)(self.module.clone(prompt_length=0), self.decode_fn, self.z_loss,
+                      self.label_smoothing, self.eos_id)
+
+
+class EncoderDecoderModel(PromptedModel):
+  """Loss, per-example scores and predictions for a T5 `Transformer`."""
+
+  prompt_path = 'encoder/prompt/prompt'
 
   def initial_prompt(self, rng: Array, embedding: Array) -> Array:
     """The prompt initialiser's `[P, E]` prompt, given the frozen `token_embedder/embedding`
