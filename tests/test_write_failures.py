@@ -4,6 +4,7 @@ and the fix, with a failing exit; no half-written checkpoint is left, and the pr
 resumes once there is space."""
 
 import errno
+import logging
 import os
 import re
 import signal
@@ -189,3 +190,35 @@ def test_other_failed_writes_name_their_path_cause_and_fix(tmp_path):
   assert str(quota) == (f'could not save the checkpoint of step 6 in {tmp_path}/checkpoints: '
                         'Disk quota exceeded; free space or choose another MODEL_DIR; no '
                         'complete checkpoint was saved yet.')
+
+
+def test_a_failed_orbax_write_left_in_a_future_is_not_logged_but_others_are(caplog):
+  """asyncio logs a background write's future that nobody retrieved, with its traceback; for
+  orbax's failed writes the one-line error already says it all, for anything else it stays."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  import gc  # pylint: disable=g-import-not-at-top
+
+  def future_failed_in(filename: str, error: Exception) -> None:
+    namespace = {}
+    exec(compile('def write(error):\n  raise error\n', filename, 'exec'), namespace)  # pylint: disable=exec-used
+    loop = asyncio.new_event_loop()
+    try:
+      future = loop.create_future()
+      try:
+        namespace['write'](error)
+      except Exception as e:  # pylint: disable=broad-except
+        future.set_exception(e)
+      del future  # Never retrieved: asyncio logs it as the future is collected.
+      gc.collect()
+    finally:
+      loop.close()
+
+  no_space = lambda: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    future_failed_in(os.path.join(os.sep, 'site-packages', 'orbax', 'async_path.py'), no_space())
+    assert not caplog.records
+    future_failed_in(os.path.join(os.sep, 'site-packages', 'other', 'writer.py'), no_space())
+    future_failed_in(os.path.join(os.sep, 'site-packages', 'orbax', 'async_path.py'),
+                     ValueError('a bug, not a full disk'))
+  assert [record.getMessage().splitlines()[0] for record in caplog.records] == [
+      'Future exception was never retrieved'] * 2

@@ -7,9 +7,9 @@ one line naming the path, the cause and the fix.
   that failed after its file was opened: `No space left on device`) and TensorBoard's own
   errors into such a line.
 
-Orbax logs each failed background write with a traceback before the error reaches us, and
-tensorstore writes still in flight then report that orbax's event loop is closed; both are
-dropped unless `--verbosity` is given, since the one line says it all.
+Orbax logs each failed background write with a traceback before the error reaches us,
+asyncio may log such a write's future as never retrieved, and tensorstore writes still in
+flight then report that orbax's event loop is closed; all are dropped unless `--verbosity` is given, since the one line says it all.
 """
 
 import contextlib
@@ -131,16 +131,29 @@ def naming(model_dir: str) -> Iterator[None]:
 
 
 class _QuietOrbaxWriteFailures(logging.Filter):
-  """Drops orbax's error logs (with tracebacks) of failed writes, which this module reports
-  in one line, unless the user asked for logs with `--verbosity`."""
+  """Drops the error logs (with tracebacks) of orbax's failed writes, which this module
+  reports in one line, unless the user asked for logs with `--verbosity`: orbax's own, and
+  asyncio's `Future exception was never retrieved` for a background write of orbax's."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
-      return True
-    if _verbose():
+    if record.levelno < logging.ERROR or _verbose():
       return True
     error = record.exc_info[1] if record.exc_info else None
+    if f'{os.sep}orbax{os.sep}' not in record.pathname and not _raised_in_orbax(error):
+      return True
     return os_error_of(error) is None and 'os_error_code' not in record.getMessage()
+
+
+def _raised_in_orbax(error: Optional[BaseException]) -> bool:
+  """Whether `error`, or an error it was raised while handling, passed through orbax."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if any(f'{os.sep}orbax{os.sep}' in frame.filename
+           for frame in traceback.extract_tb(error.__traceback__)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _verbose() -> bool:
@@ -159,6 +172,7 @@ def _quiet_late_callbacks(unraisable) -> None:
     _previous_unraisablehook(unraisable)
 
 
-logging.getLogger('absl').addFilter(_QuietOrbaxWriteFailures())
+for _logger in ('absl', 'asyncio'):
+  logging.getLogger(_logger).addFilter(_QuietOrbaxWriteFailures())
 _previous_unraisablehook = sys.unraisablehook
 sys.unraisablehook = _quiet_late_callbacks
