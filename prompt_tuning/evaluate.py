@@ -23,6 +23,7 @@ import gin
 import jax
 
 from prompt_tuning import gin_config
+from prompt_tuning.formats import prompt_formats
 from prompt_tuning.inference import ensemble
 from prompt_tuning.inference import evaluation
 from prompt_tuning.inference import multi_prompt
@@ -69,7 +70,8 @@ def prepare_prompts(setup: runs.RunSetup, eval_data: evaluation.EvalConfig,
   shapes = setup.model.batch_shapes(eval_data.task_feature_lengths, eval_data.batch_size)
   frozen, frozen_record = runs.frozen_weights(setup, shapes, mesh)
   bank = prompt_bank.PromptBank(frozen_record['fingerprint'], setup.model.module.config.emb_dim,
-                                specs, allow_unverified)
+                                specs, allow_unverified,
+                                prompt_formats.TASK_TYPES[setup.model.prompt_path])
   unknown = sorted(set(prompt_tasks) - set(bank.names))
   if unknown:
     raise ValueError(f'PROMPT_TASKS names {unknown}, which no --prompt loads; the prompts are '

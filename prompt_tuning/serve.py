@@ -130,7 +130,7 @@ class Catalog:
       if len(self._served) >= rows:
         raise Refused(409, f'the prompt table is full ({rows} prompts); restart with a larger '
                            '--gin.SERVE_MAX_PROMPTS.')
-      prompt, record = prompt_bank.load(spec, self.allow_unverified)
+      prompt, record = prompt_bank.load(spec, self.allow_unverified, self.bank.task_type)
       if len(prompt) > length:
         raise ValueError(f'prompt {name} has {len(prompt)} rows but the table holds prompts of '
                          f'up to {length}; restart with a larger --gin.SERVE_MAX_PROMPT_LENGTH.')

@@ -147,7 +147,12 @@ def test_refusals_are_one_line(tmp_path):
           'rewrite or remove it')
   refused(lambda: bank.add(f'broken={tmp_path / "broken.npy"}'), 'broken.json is not JSON')
   refused(lambda: bank.ids(['ok', 'nope']), "['nope']", "['ok']")
-  assert bank.names == ['ok']  # Nothing refused was added.
+  prompt_formats.save_peft(str(tmp_path / 'causal'), write_npy(tmp_path / 'c.npy', 2),
+                           task_type='CAUSAL_LM')
+  seq2seq = prompt_bank.PromptBank('f00d', WIDTH, task_type='SEQ_2_SEQ_LM')
+  refused(lambda: seq2seq.add(f'causal={tmp_path / "causal"}', allow_unverified=True),
+          'task_type CAUSAL_LM', 'takes SEQ_2_SEQ_LM adapters')
+  assert bank.names == ['ok'] and not seq2seq.names  # Nothing refused was added.
 
 
 @pytest.mark.parametrize('spec', ['no_equals', '=x.npy', 'a=', 'a b=x.npy', 'a=run@last',

@@ -23,6 +23,7 @@ import pytest
 
 import cli
 from prompt_tuning import gin_config
+from prompt_tuning.formats import prompt_formats
 from prompt_tuning.inference import evaluation
 from prompt_tuning.inference import multi_prompt
 from prompt_tuning.inference import prompt_bank
@@ -99,6 +100,10 @@ def setup(tmp_path_factory):
   _write_prompt(root / 'other.npy', 4, 'f' * 16, 'tiny_sentiment')  # Other frozen weights.
   _write_prompt(root / 'narrow.npy', 4, fingerprint, width=16)
   _write_prompt(root / 'long.npy', 6, fingerprint, 'tiny_sentiment')
+  _write_prompt(root / 'causal.npy', 4, fingerprint, 'tiny_sentiment')  # A decoder-only adapter:
+  prompt_formats.save_peft(str(root / 'causal'), np.load(root / 'causal.npy'),
+                           task_type='CAUSAL_LM')
+  (root / 'causal.json').rename(root / 'causal' / prompt_bank.RECORD)
   bank = prompt_bank.PromptBank(fingerprint, 32, [f'{name}={root / name}.npy' for name in TASKS])
   model = run.model.without_prompt()
   offline = multi_prompt.MultiPromptEvaluator(eval_data, model, frozen,
@@ -277,6 +282,8 @@ def test_a_prompt_added_while_serving_is_served_and_an_incompatible_one_is_refus
   _refused(add({'name': 'x', 'path': str(root / 'narrow.npy')}), 400, 'has width 16')
   _refused(add({'name': 'x', 'path': str(root / 'long.npy')}), 400,
            'prompt x has 6 rows but the table holds prompts of up to 4')
+  _refused(add({'name': 'x', 'path': str(root / 'causal')}), 400,
+           'has task_type CAUSAL_LM; this model takes SEQ_2_SEQ_LM adapters')
   _refused(add({'name': 'x', 'path': str(root / 'missing.npy')}), 400, 'does not exist')
   _refused(add({'name': 'a', 'path': str(root / 'd.npy')}), 400, 'prompt a is already served')
   _refused(add({'name': 'x'}), 400, 'the body must be {"name": NAME, "path": PATH}')

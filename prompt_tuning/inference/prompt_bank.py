@@ -68,9 +68,11 @@ def parse_spec(spec: str) -> PromptSpec:
   return PromptSpec(name, path, int(step) if at else None)
 
 
-def load(spec: PromptSpec, allow_unverified: bool = False) -> tuple[np.ndarray, dict]:
+def load(spec: PromptSpec, allow_unverified: bool = False,
+         task_type: Optional[str] = None) -> tuple[np.ndarray, dict]:
   """(the prompt [P, E] float32, its record: every field of `RECORD_FIELDS`, null where
-  unknown). A prompt without a record is refused unless `allow_unverified`."""
+  unknown). A prompt without a record is refused unless `allow_unverified`; with `task_type`
+  (`prompt_formats.TASK_TYPES`), so is a PEFT adapter for another kind of model."""
   if spec.step is not None:
     prompt = np.asarray(run_prompt(spec.path, spec.step), np.float32)
     return prompt, _complete(run_record(spec.path, spec.step), prompt)
@@ -78,7 +80,8 @@ def load(spec: PromptSpec, allow_unverified: bool = False) -> tuple[np.ndarray, 
     raise FileNotFoundError(f'prompt {spec.name}: {spec.path} does not exist; pass a run '
                             'directory, a .npy file or a PEFT adapter (a gs:// run: PATH@STEP).')
   if os.path.isfile(os.path.join(spec.path, prompt_formats.CONFIG)):
-    prompt, record_path = prompt_formats.load_peft(spec.path), os.path.join(spec.path, RECORD)
+    prompt = prompt_formats.load_peft(spec.path, task_type)
+    record_path = os.path.join(spec.path, RECORD)
   elif os.path.isdir(spec.path):
     if not os.path.isfile(os.path.join(spec.path, 'prompt.npy')):
       raise FileNotFoundError(f'prompt {spec.name}: run directory {spec.path} has no prompt.npy '
@@ -182,11 +185,15 @@ class Entry:
 
 class PromptBank:
   """Named prompts [P_i, E] for the frozen weights with fingerprint `frozen_fingerprint` and
-  embedding width `embed_dim` (E), in the order added: row i of `table()` is `names[i]`."""
+  embedding width `embed_dim` (E), in the order added: row i of `table()` is `names[i]`.
+  `task_type` (`prompt_formats.TASK_TYPES` of the model's prompt path), where given, refuses
+  PEFT adapters made for the other kind of model (seq2seq or decoder-only)."""
 
   def __init__(self, frozen_fingerprint: str, embed_dim: int,
-               specs: Sequence[str | PromptSpec] = (), allow_unverified: bool = False):
+               specs: Sequence[str | PromptSpec] = (), allow_unverified: bool = False,
+               task_type: Optional[str] = None):
     self.frozen_fingerprint, self.embed_dim = frozen_fingerprint, embed_dim
+    self.task_type = task_type
     self._entries: dict[str, Entry] = {}
     for spec in specs:
       self.add(spec, allow_unverified)
@@ -199,7 +206,7 @@ class PromptBank:
       raise ValueError(f'prompt name {spec.name} is given twice '
                        f'({self._entries[spec.name].spec.path} and {spec.path}); give each '
                        'prompt its own NAME.')
-    prompt, record = load(spec, allow_unverified)
+    prompt, record = load(spec, allow_unverified, self.task_type)
     fingerprint = record['frozen_fingerprint']
     if fingerprint is not None and fingerprint != self.frozen_fingerprint:
       raise ValueError(f'prompt {spec.name} ({spec.path}) was trained on frozen weights '
