@@ -119,3 +119,19 @@ def test_gemma_prompts_start_from_embeddings_as_the_network_scales_them():
   prompt = np.asarray(model.initial_prompt(jax.random.PRNGKey(1), embedding))
   scaled = np.asarray(embedding) * 4.0  # sqrt(16)
   assert all(np.isclose(scaled, row).all(axis=1).any() for row in prompt)
+
+
+def test_a_text_prompt_starts_from_the_hugging_face_tokens_of_its_text(tmp_path):
+  gin_config.parse(['models/decoder_tiny.gin', 'prompts/text.gin'], [
+      'PROMPT_LENGTH = 5', "PROMPT_TEXT = 'the good film'",
+      f"VOCABULARY_PATH = '{_tokenizer_directory(tmp_path)}'", "MIXTURE_OR_TASK_NAME = 'unused'",
+      'MIXTURE_OR_TASK_MODULE = []'])
+  try:
+    model = models.build_model()
+  finally:
+    gin.clear_config()
+  embedding = model.init(jax.random.PRNGKey(0), model.batch_shapes(LENGTHS, 1))[
+      'token_embedder']['embedding']
+  prompt = model.initial_prompt(jax.random.PRNGKey(1), embedding)
+  np.testing.assert_array_equal(prompt, np.asarray(embedding)[[7, 3, 4, 7, 3]])  # No BOS.
+

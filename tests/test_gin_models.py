@@ -54,7 +54,8 @@ PROMPT_BINDINGS = {
     'class_labels.gin': ["CLASS_LABELS = ['negative', 'positive']",
                          f"VOCABULARY_PATH = '{VOCAB_PATH}'", "MIXTURE_OR_TASK_NAME = 'unused'",
                          'MIXTURE_OR_TASK_MODULE = []'],
-    'text.gin': ["PROMPT_TEXT = 'Is this review positive?'", f"VOCABULARY_PATH = '{VOCAB_PATH}'"],
+    'text.gin': ["PROMPT_TEXT = 'Is this review positive?'", f"VOCABULARY_PATH = '{VOCAB_PATH}'",
+                 "MIXTURE_OR_TASK_NAME = 'unused'", 'MIXTURE_OR_TASK_MODULE = []'],
     'from_file.gin': ["PROMPT_FILE = '{tmp}/prompt.npy'"],
 }
 
