@@ -25,6 +25,7 @@ import jax
 import matplotlib
 import numpy as np
 import sentencepiece
+import tokenizers
 
 from prompt_tuning import export
 from prompt_tuning import gin_config
@@ -40,8 +41,9 @@ matplotlib.use('Agg')
 from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Nearest tokens shown per prompt position.')
-_VOCABULARY = flags.DEFINE_string('vocabulary', None,
-                                  "The model's SentencePiece file; default: --task's targets'.")
+_VOCABULARY = flags.DEFINE_string(
+    'vocabulary', None, "The model's SentencePiece file or Hugging Face directory; default: "
+    "--task's targets'.")
 _LABELS = flags.DEFINE_list('labels', None, "Label words; default: --task's registered ones.")
 _TASK = flags.DEFINE_string('task', None, 'A registered task (its vocabulary and label words).')
 _INITIAL_PROMPT = flags.DEFINE_string('initial_prompt', None,
@@ -86,16 +88,40 @@ def movement(trained: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.n
   return cosine, np.linalg.norm(np.asarray(trained, np.float32) - initial, axis=1)
 
 
-def excluded_ids(vocabulary: sentencepiece.SentencePieceProcessor, rows: int) -> list[int]:
-  """Ids that are no word: padding 0, EOS 1, other control and unknown pieces, sentinels
-  (`<extra_id_*>`) and the rows past the vocabulary (T5 pads its table to 128s)."""
-  size = vocabulary.get_piece_size()
+def tokenizer_of(vocabulary) -> sentencepiece.SentencePieceProcessor | tokenizers.Tokenizer:
+  """The tokenizer behind a vocabulary (seqio's or ours: `.tokenizer`, or itself)."""
+  tokenizer = getattr(vocabulary, 'tokenizer', vocabulary)
+  if not isinstance(tokenizer, (sentencepiece.SentencePieceProcessor, tokenizers.Tokenizer)):
+    raise ValueError(f'{type(vocabulary).__name__} is neither a SentencePiece nor a Hugging Face '
+                     'vocabulary; pass --vocabulary.')
+  return tokenizer
+
+
+def piece(vocabulary, token_id: int) -> str:
+  """The text of token `token_id` as the tokenizer stores it (`▁good`, `Ġgood`)."""
+  tokenizer = tokenizer_of(vocabulary)
+  if isinstance(tokenizer, tokenizers.Tokenizer):
+    return tokenizer.id_to_token(token_id) or ''
+  return tokenizer.id_to_piece(token_id)
+
+
+def excluded_ids(vocabulary, rows: int) -> list[int]:
+  """Ids that are no word: the rows past the vocabulary (T5 pads its table to 128s), and
+  for SentencePiece padding 0, EOS 1, other control and unknown pieces and sentinels
+  (`<extra_id_*>`), for a Hugging Face tokenizer its special tokens (`<|begin_of_text|>`;
+  there id 0 is a word)."""
+  tokenizer = tokenizer_of(vocabulary)
+  if isinstance(tokenizer, tokenizers.Tokenizer):
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    special = {i for i, added in tokenizer.get_added_tokens_decoder().items() if added.special}
+  else:
+    size = tokenizer.get_piece_size()
+    special = {i for i in range(size) if tokenizer.is_control(i) or tokenizer.is_unknown(i)
+               or '<extra_id_' in tokenizer.id_to_piece(i)} | {0, 1}
   if size > rows:
     raise ValueError(f'the vocabulary has {size} pieces but the embedding table {rows} rows; '
                      "pass the model's own vocabulary.")
-  special = {i for i in range(size) if vocabulary.is_control(i) or vocabulary.is_unknown(i)
-             or '<extra_id_' in vocabulary.id_to_piece(i)}
-  return sorted(special | {0, 1} | set(range(size, rows)))
+  return sorted(special | set(range(size, rows)))
 
 
 def load_prompt(path: str, step: int | None) -> tuple[np.ndarray, str]:
@@ -136,18 +162,19 @@ def embedding_table(checkpoint: str, width: int) -> np.ndarray:
 
 def vocabulary_and_labels(path: str | None, task: str | None, modules: Sequence[str],
                           words: Sequence[str] | None):
-  """(a SentencePiece processor: `path`, else `task`'s targets vocabulary; the label words:
-  `words`, else `task`'s registered ones, else ())."""
+  """(the vocabulary: `path` (a SentencePiece model or a Hugging Face directory), else
+  `task`'s targets vocabulary; the label words: `words`, else `task`'s registered ones,
+  else ())."""
   if not path and not task:
-    raise ValueError("pass --vocabulary=<the model's sentencepiece.model>, or --task=NAME "
-                     '(--module=MODULE) to use its targets vocabulary.')
-  if path and not os.path.isfile(path):
-    raise FileNotFoundError(f'--vocabulary {path} does not exist; pass a SentencePiece .model.')
+    raise ValueError("pass --vocabulary=<the model's sentencepiece.model or Hugging Face "
+                     'directory>, or --task=NAME (--module=MODULE) to use its targets '
+                     'vocabulary.')
+  if path and not os.path.exists(path):
+    raise FileNotFoundError(f'--vocabulary {path} does not exist; pass a SentencePiece .model '
+                            'or a Hugging Face directory.')
   vocabulary = labels.label_vocabulary(path, task, modules)  # Imports the task's modules.
-  processor = getattr(vocabulary, 'tokenizer', vocabulary)  # seqio's SentencePieceVocabulary.
-  if not isinstance(processor, sentencepiece.SentencePieceProcessor):
-    raise ValueError(f'task {task!r} has no SentencePiece vocabulary; pass --vocabulary.')
-  return processor, tuple(words or (task and labels.labels_of(task)) or ())
+  tokenizer_of(vocabulary)
+  return vocabulary, tuple(words or (task and labels.labels_of(task)) or ())
 
 
 def table(pieces: list[list[str]], similarity: np.ndarray,
@@ -206,11 +233,11 @@ def main(argv):
   excluded = excluded_ids(vocabulary, embeddings.shape[0])
   ids, similarity = nearest_tokens(prompt, embeddings, _TOP_K.value, excluded)
   label_ids = {i for word in words for i in vocabulary.encode(word)} - set(excluded)
-  pieces = [[vocabulary.id_to_piece(int(i)) + ('*' if i in label_ids else '') for i in row]
+  pieces = [[piece(vocabulary, int(i)) + ('*' if i in label_ids else '') for i in row]
             for row in ids]
   print(f'prompt {prompt_path}: {prompt.shape[0]} positions × {prompt.shape[1]}; '
-        f'{len(excluded)} of {embeddings.shape[0]} ids excluded (padding, EOS, unknown, '
-        'sentinels, rows past the vocabulary)')
+        f'{len(excluded)} of {embeddings.shape[0]} ids excluded (special tokens, rows past the '
+        'vocabulary)')
   print(table(pieces, similarity, moved))
   if words:
     count = int(label_positions(ids, label_ids).sum())

@@ -15,8 +15,10 @@ from tokenizers import models as tokenizer_models
 from tokenizers import pre_tokenizers
 from tokenizers import processors
 
+import cli
 import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`.
 from prompt_tuning import gin_config
+from prompt_tuning import interpret
 from prompt_tuning.formats import hf_decoder
 from prompt_tuning.formats import hf_vocabulary
 from prompt_tuning.formats import initial_checkpoint
@@ -45,15 +47,20 @@ def test_make_rows_equal_the_feature_converter(model):
     np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
-def _tokenizer_directory(tmp_path, eos=2):
-  """A Hugging Face directory of a word-level tokenizer whose post-processor adds BOS."""
+def _write_tokenizer(directory):
+  """A word-level `tokenizer.json` of `WORDS` whose post-processor adds BOS."""
   tokenizer = tokenizers.Tokenizer(tokenizer_models.WordLevel(
       {word: i for i, word in enumerate(WORDS)}, unk_token='!'))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
   tokenizer.add_special_tokens(['<s>', '</s>'])
   tokenizer.post_processor = processors.TemplateProcessing(
       single='<s> $A', special_tokens=[('<s>', 1)])
-  tokenizer.save(str(tmp_path / 'tokenizer.json'))
+  tokenizer.save(str(directory / 'tokenizer.json'))
+
+
+def _tokenizer_directory(tmp_path, eos=2):
+  """A Hugging Face directory of `_write_tokenizer`'s tokenizer."""
+  _write_tokenizer(tmp_path)
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'llama',
                                                     'eos_token_id': [eos, 7]}))
   return str(tmp_path)
@@ -134,4 +141,33 @@ def test_a_text_prompt_starts_from_the_hugging_face_tokens_of_its_text(tmp_path)
       'token_embedder']['embedding']
   prompt = model.initial_prompt(jax.random.PRNGKey(1), embedding)
   np.testing.assert_array_equal(prompt, np.asarray(embedding)[[7, 3, 4, 7, 3]])  # No BOS.
+
+
+def test_interpret_names_a_prompt_in_a_hugging_face_vocabulary(tmp_path):
+  """A prompt made of the rows of 'good', 'positive' and 'negative' is read back as those
+  words; special tokens are never named, while id 0 ('!') is a word."""
+  bindings = ['decoder_network.DecoderConfig.vocab_size = 8']
+  gin_config.parse(['models/decoder_tiny.gin'], bindings)
+  try:
+    model = models.build_model()
+  finally:
+    gin.clear_config()
+  params = model.init(jax.random.PRNGKey(0), model.batch_shapes(LENGTHS, 1))
+  directory = tmp_path / 'llama'
+  hf_decoder.save_hf_directory(params, model.module.config, str(directory), eos_id=2)
+  _write_tokenizer(directory)
+  vocabulary = hf_vocabulary.HfVocabulary(str(directory))
+  assert interpret.excluded_ids(vocabulary, 10) == [1, 2, 8, 9]
+  assert [interpret.piece(vocabulary, i) for i in (0, 5)] == ['!', 'positive']
+  embedding = np.asarray(params['token_embedder']['embedding'])
+  np.save(tmp_path / 'prompt.npy', embedding[[3, 5, 6]])
+  result = cli.run_main_in_process(interpret.main, [
+      '--gin_file=models/decoder_tiny.gin', f'--gin.{bindings[0].replace(" ", "")}',
+      f'--prompt={tmp_path / "prompt.npy"}', f'--checkpoint={directory}',
+      f'--vocabulary={directory}', '--labels=positive,negative', '--top_k=6'])
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [line for line in result.stdout.splitlines() if ' 1.000' in line]
+  assert [row.split()[1:3] for row in rows] == [['good', '1.000'], ['positive*', '1.000'],
+                                               ['negative*', '1.000']], result.stdout
+  assert all('<s>' not in row and '!' in row for row in rows)  # All 6 words in each row.
 

@@ -47,7 +47,7 @@ class HfVocabulary(seqio.Vocabulary):
                        '> 0 (0 is padding): set it to the model\'s end-of-text id.')
     self.directory = directory
     self.add_bos = add_bos
-    self._tokenizer = tokenizers.Tokenizer.from_file(os.path.join(directory, TOKENIZER))
+    self.tokenizer = tokenizers.Tokenizer.from_file(os.path.join(directory, TOKENIZER))
     super().__init__(extra_ids=0)
 
   @property
@@ -60,14 +60,14 @@ class HfVocabulary(seqio.Vocabulary):
 
   @property
   def _base_vocab_size(self) -> int:
-    return self._tokenizer.get_vocab_size(with_added_tokens=True)
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
   def _encode(self, s: str) -> list[int]:
-    return self._tokenizer.encode(s, add_special_tokens=self.add_bos).ids
+    return self.tokenizer.encode(s, add_special_tokens=self.add_bos).ids
 
   def _decode(self, ids: Sequence[int]) -> str:
     """Text of `ids` (through EOS, as seqio cuts them), without special tokens or padding."""
-    return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     """A scalar string -> [N] int32 ids."""

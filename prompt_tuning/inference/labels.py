@@ -6,6 +6,7 @@ label word, predicts the best), and `gin/prompts/class_labels.gin` initialises t
 from the task's labels and target vocabulary without any other setting.
 """
 
+import os
 from typing import Optional, Sequence
 
 import gin
@@ -64,7 +65,7 @@ def label_vocabulary(path: Optional[str] = None, task_name: Optional[str] = None
                      task_modules: str | Sequence[str] = ()) -> initializers.Vocabulary:
   """The vocabulary at `path` (VOCABULARY_PATH: a SentencePiece model, or a Hugging Face
   directory's tokenizer) if given, else the vocabulary of `task_name`'s targets."""
-  if path and hf_vocabulary.is_hf_directory(path):
+  if path and os.path.isdir(path):  # HfVocabulary says if it lacks a tokenizer.json.
     return hf_vocabulary.HfVocabulary(path)
   if path:
     return initializers.sentencepiece_vocabulary(path)
