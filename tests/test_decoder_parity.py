@@ -3,6 +3,7 @@ weights: logits with and without a prompt, greedy decoding, weight conversion bo
 saved directories; a mixed prompt-table batch equals each prompt alone; only targets carry loss.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -208,10 +209,13 @@ def test_mixed_prompt_table_batch_equals_each_prompt_alone():
                                   _hf_greedy(hf_model, alone, 6, prompt))
 
 
-def test_only_targets_carry_loss():
+@pytest.mark.parametrize('loss_chunk', [128, 4])
+def test_only_targets_carry_loss(loss_chunk):
   """The loss is the mean target-token cross-entropy of HF's logits (prompt run too); inputs,
-  padding and the prompt are weightless, `decoder_input_tokens` is not read."""
+  padding and the prompt are weightless, `decoder_input_tokens` is not read. Whether the
+  loss takes the positions in one chunk or in several (`loss_chunk`) changes nothing."""
   hf_model, cfg, params = _hf_model('qwen2')
+  cfg = dataclasses.replace(cfg, loss_chunk=loss_chunk)
   prompt = _prompt(cfg, 3)
   model = decoder_models.DecoderOnlyModel(decoder_network.DecoderOnlyTransformer(cfg, 3),
                                           z_loss=0.0)
@@ -232,6 +236,31 @@ def test_only_targets_carry_loss():
   assert loss_fn(params, scrambled)[0] == loss
   changed = {**batch, 'decoder_target_tokens': batch['decoder_target_tokens'].at[0, 6].set(9)}
   assert loss_fn(params, changed)[0] != loss
+
+
+def test_the_loss_in_chunks_equals_the_loss_of_all_logits_and_so_does_its_gradient():
+  """Gemma (tied output layer, scaled embeddings), z-loss and label smoothing on: the loss
+  and the prompt's gradient taken in chunks of 3 positions equal those from all logits."""
+  _, cfg, params = _hf_model('gemma')
+  params = _with_prompt(params, _prompt(cfg, 3))
+  batch = _lm_batch([5, 3], [2, 4], seed=8)
+  model = lambda chunk: decoder_models.DecoderOnlyModel(
+      decoder_network.DecoderOnlyTransformer(dataclasses.replace(cfg, loss_chunk=chunk), 3),
+      z_loss=1e-4, label_smoothing=0.1)
+
+  def from_all_logits(params):
+    logits = model(128).logits(params, batch)[:, :-1]  # [B, T-1, V] at once.
+    weights = batch['decoder_loss_weights'][:, 1:]
+    token_loss, _ = models.cross_entropy(logits, batch['decoder_target_tokens'][:, 1:], 1e-4,
+                                         0.1)
+    return jnp.sum(token_loss * weights) / weights.sum()
+
+  value, grad = jax.value_and_grad(lambda params: model(3).loss_fn(params, batch)[0])(params)
+  expected, expected_grad = jax.value_and_grad(from_all_logits)(params)
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+  np.testing.assert_allclose(grad['decoder']['prompt']['prompt'],
+                             expected_grad['decoder']['prompt']['prompt'], rtol=1e-5, atol=1e-7)
+  assert np.abs(expected_grad['decoder']['prompt']['prompt']).max() > 1e-3
 
 
 def test_hf_directory_placed_into_scanned_layers(tmp_path):

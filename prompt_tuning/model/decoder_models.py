@@ -16,7 +16,7 @@ the prompt have weight 0. Padding is the run of zeros at the end of a row; a 0 b
 last non-zero token is a real token.
 """
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,42 @@ def left_aligned_prefix(tokens: Array, lengths: Array) -> tuple[Array, Array]:
   mask = columns >= shift
   prefix = jnp.take_along_axis(tokens, jnp.clip(columns - shift, 0, width - 1), axis=1)
   return jnp.where(mask, prefix, 0), mask.astype(jnp.int32)
+
+
+def next_token_sums(hidden: Array, output: Callable[[Array], Array], targets: Array,
+                    weights: Array, chunk: int, z_loss: float = 0.0,
+                    label_smoothing: float = 0.0) -> tuple[Array, Array, Array, Array]:
+  """Per-example weighted sums [B] of the loss (`models.cross_entropy`), its z-loss part,
+  correct argmax predictions and the targets' log-probabilities, over N positions.
+
+  hidden [B, N, E]: what the output layer reads at each position; `output` maps [B, C, E]
+  to logits [B, C, V]; targets [B, N] int (position n predicts targets[:, n]); weights
+  [B, N]. The positions go through in chunks of at most `chunk`, each under
+  `jax.checkpoint`, so the logits [B, chunk, V] of one chunk exist at a time, in the
+  forward and the backward pass, never the [B, N, V] of all (8.6 GB in float32 for a 128k
+  vocabulary at batch 32 and N = 527).
+  """
+  batch, length = targets.shape
+  count = -(-length // chunk)
+  size = -(-length // count)  # As even as possible: N = 527, chunk 128 -> 5 chunks of 106.
+
+  def chunks(x: Array) -> Array:  # [B, N, ...] -> [count, B, size, ...], zero-padded.
+    x = jnp.pad(x, [(0, 0), (0, count * size - length)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.swapaxes(x.reshape(batch, count, size, *x.shape[2:]), 0, 1)
+
+  @jax.checkpoint
+  def sums(inputs: tuple[Array, Array, Array]) -> Array:  # -> [4, B].
+    chunk_hidden, chunk_targets, chunk_weights = inputs
+    logits = output(chunk_hidden)
+    token_loss, z_term = models.cross_entropy(logits, chunk_targets, z_loss, label_smoothing)
+    log_probs = (jnp.take_along_axis(logits, chunk_targets[..., None], axis=-1)[..., 0] -
+                 jax.nn.logsumexp(logits, axis=-1))
+    correct = jnp.argmax(logits, axis=-1) == chunk_targets
+    return jnp.stack([jnp.sum(value * chunk_weights, axis=1)
+                      for value in (token_loss, z_term, correct, log_probs)])
+
+  totals = jnp.sum(jax.lax.map(sums, (chunks(hidden), chunks(targets), chunks(weights))), 0)
+  return tuple(totals)
 
 
 class DecoderOnlyModel(models.PromptedModel):
@@ -118,43 +154,41 @@ class DecoderOnlyModel(models.PromptedModel):
     return nn.get_partition_spec(boxed)['params']
 
   def logits(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None,
-             prompt_table: Optional[prompts.PromptTable] = None) -> Array:
+             prompt_table: Optional[prompts.PromptTable] = None, hidden: bool = False) -> Array:
     """Teacher-forced logits [B, T, V] over `decoder_target_tokens`: position t predicts
-    token t + 1. Dropout is on iff `dropout_rng` is given."""
+    token t + 1 (with `hidden`, the output layer's inputs [B, T, E] instead). Dropout is on
+    iff `dropout_rng` is given."""
     tokens = batch['decoder_target_tokens']
     rngs = None if dropout_rng is None else {'dropout': dropout_rng}
     return self.module.apply({'params': params}, tokens, token_mask(tokens),
-                             enable_dropout=dropout_rng is not None, rngs=rngs,
+                             enable_dropout=dropout_rng is not None, rngs=rngs, hidden=hidden,
                              **_table_prompts(batch, prompt_table))
 
-  def _next_token_terms(self, logits: Array, batch: Batch) -> tuple[Array, Array, Array]:
-    """(logits [B, T-1, V] of positions that predict a next token, those tokens [B, T-1],
-    their loss weights [B, T-1])."""
+  def _target_sums(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None,
+                   prompt_table: Optional[prompts.PromptTable] = None) -> tuple[Array, ...]:
+    """`next_token_sums` [B] each of the positions that predict a next token, and their
+    loss weights [B, T-1]."""
+    hidden = self.logits(params, batch, dropout_rng, prompt_table, hidden=True)
     targets = batch['decoder_target_tokens']
-    weights = batch.get('decoder_loss_weights', targets > 0)
-    return logits[:, :-1], targets[:, 1:], weights[:, 1:].astype(jnp.float32)
+    weights = batch.get('decoder_loss_weights', targets > 0)[:, 1:].astype(jnp.float32)
+    config = self.module.config
+    output = lambda x: decoder_network.output_logits(params, config, x)
+    return (*next_token_sums(hidden[:, :-1], output, targets[:, 1:], weights, config.loss_chunk,
+                             self.z_loss, self.label_smoothing), weights)
 
   def loss_fn(self, params: Params, batch: Batch,
               dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
     """Mean loss over weighted target tokens, and metrics (loss, z_loss, accuracy, tokens)."""
-    logits, targets, weights = self._next_token_terms(self.logits(params, batch, dropout_rng),
-                                                      batch)
-    token_loss, z_term = models.cross_entropy(logits, targets, self.z_loss,
-                                              self.label_smoothing)
+    loss, z_loss, correct, _, weights = self._target_sums(params, batch, dropout_rng)
     num_tokens = jnp.maximum(weights.sum(), 1.0)
-    loss = jnp.sum(token_loss * weights) / num_tokens
-    correct = (jnp.argmax(logits, axis=-1) == targets) * weights
-    return loss, {'loss': loss, 'z_loss': jnp.sum(z_term * weights) / num_tokens,
+    loss = loss.sum() / num_tokens
+    return loss, {'loss': loss, 'z_loss': z_loss.sum() / num_tokens,
                   'accuracy': correct.sum() / num_tokens, 'num_tokens': weights.sum()}
 
   def score_batch(self, params: Params, batch: Batch,
                   prompt_table: Optional[prompts.PromptTable] = None) -> Array:
     """Per-example sum of target-token log-probabilities [B] (for rank classification)."""
-    logits, targets, weights = self._next_token_terms(
-        self.logits(params, batch, prompt_table=prompt_table), batch)
-    log_probs = jax.nn.log_softmax(logits)
-    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(token_log_probs * weights, axis=-1)
+    return self._target_sums(params, batch, prompt_table=prompt_table)[3]
 
   def predict_batch(self, params: Params, batch: Batch, rng: Optional[Array] = None,
                     max_decode_length: Optional[int] = None,

@@ -73,10 +73,11 @@ class DecoderConfig:
   param_dtype: str = 'float32'
   remat_policy: str = 'none'  # See network.REMAT_POLICIES.
   scan_layers: bool = False  # One nn.scan over `decoder/layers/...` (leading layers axis).
+  loss_chunk: int = 128  # The loss holds the logits [B, loss_chunk, V] of this many positions.
 
   def __post_init__(self):
     for name in ('vocab_size', 'emb_dim', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim',
-                 'num_layers', 'max_positions'):
+                 'num_layers', 'max_positions', 'loss_chunk'):
       if getattr(self, name) <= 0:
         raise ValueError(f'DecoderConfig.{name} must be positive, got {getattr(self, name)}.')
     if self.num_heads % self.num_kv_heads:
@@ -223,9 +224,10 @@ class Decoder(nn.Module):
   def __call__(self, tokens: Array, token_mask: Array, deterministic: bool,
                prompt_table: Optional[prompts.PromptTable] = None,
                prompt_ids: Optional[Array] = None, decode: bool = False,
-               cache_length: Optional[int] = None) -> Optional[Array]:
+               cache_length: Optional[int] = None, hidden: bool = False) -> Optional[Array]:
     """tokens [B, T], token_mask [B, T] (1 = real) -> logits [B, T, V] of the tokens (the
-    prompt's positions are dropped); None for a prefill."""
+    prompt's positions are dropped), or with `hidden` what the output layer reads (after
+    `decoder_norm`, see `output_logits`) [B, T, E]; None for a prefill."""
     cfg = self.config
     stepping = decode and self.has_variable('cache', 'index')
     x = self.embedder(tokens)
@@ -255,12 +257,24 @@ class Decoder(nn.Module):
       return None
     x = make_norm(cfg, 'decoder_norm')(x[:, num_prompt:])
     x = dropout(x, deterministic=deterministic)
+    if hidden:
+      return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     if cfg.tie_embeddings:
       logits = self.embedder.attend(x)
     else:
       logits = decoder_layers.Linear(cfg.vocab_size, ('embed', 'vocab'), **_dtypes(cfg),
                                      name='logits_dense')(x)
     return nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+
+
+def output_logits(params, config: DecoderConfig, x: Array) -> Array:
+  """The output layer as the network applies it, from the model's `params`: x [B, L, E] (the
+  network's output with `hidden=True`) -> float32 logits [B, L, V]."""
+  matrix = (params['token_embedder']['embedding'].T if config.tie_embeddings
+            else params['decoder']['logits_dense']['kernel'])
+  dtype = jnp.dtype(config.dtype)
+  logits = jnp.dot(x.astype(dtype), matrix.astype(dtype)).astype(jnp.float32)
+  return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
 class DecoderOnlyTransformer(nn.Module):
@@ -278,11 +292,13 @@ class DecoderOnlyTransformer(nn.Module):
   def __call__(self, tokens: Array, token_mask: Optional[Array] = None,
                enable_dropout: bool = False,
                prompt_table: Optional[prompts.PromptTable] = None,
-               prompt_ids: Optional[Array] = None) -> Array:
+               prompt_ids: Optional[Array] = None, hidden: bool = False) -> Array:
     """tokens [B, T] (mask [B, T], default all real; prompt_ids [B] into prompt_table) ->
-    logits [B, T, V]: position t predicts token t + 1."""
+    logits [B, T, V]: position t predicts token t + 1 (with `hidden`: the output layer's
+    inputs [B, T, E])."""
     mask = jnp.ones(tokens.shape, jnp.int32) if token_mask is None else token_mask
-    return self.decoder(tokens, mask, not enable_dropout, prompt_table, prompt_ids)
+    return self.decoder(tokens, mask, not enable_dropout, prompt_table, prompt_ids,
+                        hidden=hidden)
 
   def prefill(self, tokens: Array, token_mask: Array, cache_length: int,
               prompt_table: Optional[prompts.PromptTable] = None,
