@@ -143,6 +143,7 @@ def summarise(rows: list[dict], sides: list[str]) -> dict:
         'peak_mem_kind': runs[0]['peak_mem_kind'],
         'trainable_params': runs[0]['trainable_params'],
         'total_params': runs[0]['total_params'],
+        'loss': [runs[-1]['loss_first'], runs[-1]['loss_last']],  # Of the last run.
         'device_name': runs[0]['device_name']}
   if len(sides) == 2:
     a, b = by[sides[0]], by[sides[1]]
@@ -170,9 +171,15 @@ def report(summary: dict) -> str:
           ('model TFLOP/s', lambda s: f"{s['model_tflops_per_s']:.4g}"),
           ('utilisation', lambda s: f"{s['utilisation']:.1%}"),
           ('peak memory (MB)', lambda s: f"{s['peak_mem_mb']:.0f}"),
-          ('trainable params', lambda s: f"{s['trainable_params']:,}")]
+          ('trainable params', lambda s: f"{s['trainable_params']:,}"),
+          ('loss, first -> last', lambda s: f"{s['loss'][0]:.3g} -> {s['loss'][1]:.3g}")]
   for label, cell in rows:
     lines.append(f'{label:22}' + ''.join(f'{cell(summary[name]):>16}' for name in sides))
+  diverging = [name for name in sides  # A few steps of a prompt may leave it flat, not this.
+               if not summary[name]['loss'][1] <= 1.5 * summary[name]['loss'][0]]
+  if diverging:
+    lines.append(f"warning: the loss grew by half or more on {', '.join(diverging)}: check its "
+                 'optimiser settings before trusting these timings.')
   return '\n'.join(lines)
 
 

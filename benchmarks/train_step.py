@@ -12,7 +12,7 @@ peft_bench.py does; `tokens_per_s_incl_prompt` adds the batch * prompt virtual t
 Model FLOPs: `t5_flops.forward_flops` on this model's dimensions; a prompt step is 2x forward
 (forward + activation gradients, no weight gradients), a full step 3x forward. `--method full`
 builds the model without a prompt (like peft_bench's `--method full`) and trains every
-parameter. Peak memory: the device's peak bytes in use (GPU, TPU; init included) or the
+parameter with `runs/model_finetune.gin`'s Adafactor (LR 1e-3, parameter scaling). Peak memory: the device's peak bytes in use (GPU, TPU; init included) or the
 process's peak RSS (CPU).
 """
 
@@ -103,7 +103,9 @@ def main(argv):
     return trainable, trainer.cast_frozen(frozen, _FROZEN_DTYPE.value)
   trainable, frozen = jax.jit(init, out_shardings=(trainable_shardings, frozen_shardings))(
       jax.random.PRNGKey(_SEED.value))
-  optimizer = trainer.adafactor()
+  # The paper's Adafactor for a prompt; for every weight, that of runs/model_finetune.gin.
+  optimizer = (trainer.adafactor(1e-3, multiply_by_parameter_scale=True) if full
+               else trainer.adafactor())
   state = trainer.init_state(trainable, optimizer, _SEED.value, trainable_shardings, mesh)
   runner = trainer.Trainer(model, optimizer, trainer.state_shardings(state), frozen_shardings,
                            partitioning.batch_sharding(mesh))

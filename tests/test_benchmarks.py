@@ -25,7 +25,8 @@ def _run(pair, side, steps_per_s, **extra):
           'inputs': 128, 'targets': 8, 'prompt': 20, 'steps_per_s': steps_per_s,
           'tokens_per_s': steps_per_s * 8 * 136, 'peak_mem_mb': 1000.0 + pair,
           'peak_mem_kind': 'process_peak_rss', 'trainable_params': 10240,
-          'total_params': 76961152, 'device_name': 'cpu', **extra}
+          'total_params': 76961152, 'device_name': 'cpu', 'loss_first': 10.4,
+          'loss_last': 10.4 - pair, **extra}
 
 
 def _matmul(pair, tflops):
@@ -52,6 +53,10 @@ def test_summary_is_the_median_of_per_pair_ratios_and_skips_the_warmup_pair():
   assert ('ours / peft steps/s (= peft / ours step time): median 4.00x (min 2.00x, max 4.50x) '
           'over 3 pairs') in text
   assert 'measured matmul peak (2048^2 float32, cpu): 0.2 TFLOP/s' in text
+  assert '10.4 -> 7.4' in text and 'warning' not in text
+  rows[-2]['loss_last'] = 97.9  # PEFT's last run diverged.
+  assert ('warning: the loss grew by half or more on peft: check its optimiser settings'
+          in compare_peft.report(compare_peft.summarise(rows, ['ours', 'peft'])))
 
 
 def test_versus_full_and_tpu_pick_their_sides():
