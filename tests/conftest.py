@@ -1,5 +1,6 @@
 """Shared test helpers: the Hugging Face reference model, small batches, 8 CPU devices."""
 
+import contextlib
 import importlib
 import os
 
@@ -26,6 +27,18 @@ def _import_torch_side(*extra):
       pytest.fail(f'CI must run the Hugging Face parity tests; install the hf extra ({e}).')
     pytest.skip(f'Hugging Face parity needs the hf extra: {e}')
   return (torch, transformers, *extra_modules)
+
+
+@contextlib.contextmanager
+def registered_labels(task_names, words):
+  """Inside the block, each task of `task_names` has the label words `words`; the label
+  registry is as before afterwards."""
+  from prompt_tuning.inference import labels  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(labels, '_LABELS', dict(labels._LABELS))  # pylint: disable=protected-access
+    for task in task_names:
+      labels.register_labels(task, words)
+    yield
 
 
 @pytest.fixture(scope='session')

@@ -13,6 +13,7 @@ import pytest
 from flax import traverse_util
 
 import cli
+from conftest import registered_labels
 import tiny_task  # pylint: disable=unused-import  # Registers `tiny_sentiment`, `tiny_opposite`.
 from paths import VOCAB_PATH
 from prompt_tuning import evaluate
@@ -21,7 +22,6 @@ from prompt_tuning import gin_config
 from prompt_tuning import train
 from prompt_tuning.formats import hf_decoder
 from prompt_tuning.inference import evaluation
-from prompt_tuning.inference import labels
 from prompt_tuning.inference import serving
 from prompt_tuning.model import models
 from prompt_tuning.training import checkpoints
@@ -38,10 +38,7 @@ PROMPT = 'decoder/prompt/prompt'
 @pytest.fixture(scope='module', autouse=True)
 def label_words():
   """Both tasks rank-classify (their label words registered) in this module."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(labels, '_LABELS', dict(labels._LABELS))  # pylint: disable=protected-access
-    for task in TASKS.values():
-      labels.register_labels(task, LABELS)
+  with registered_labels(TASKS.values(), LABELS):
     yield
 
 

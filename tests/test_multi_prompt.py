@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import cli
+from conftest import registered_labels
 from prompt_tuning import export
 from prompt_tuning.inference import ensemble
-from prompt_tuning.inference import labels
 from prompt_tuning.inference import prompt_bank
 
 TASKS = {'a': 'tiny_sentiment', 'b': 'tiny_opposite'}  # Prompt name -> the task it trains on.
@@ -21,10 +21,7 @@ LABELS = ['positive', 'negative']
 @pytest.fixture(scope='module', autouse=True)
 def label_words():
   """Both tasks rank-classify (their label words registered) in this module."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(labels, '_LABELS', dict(labels._LABELS))  # pylint: disable=protected-access
-    for task in TASKS.values():
-      labels.register_labels(task, LABELS)
+  with registered_labels(TASKS.values(), LABELS):
     yield
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import cli
+from conftest import registered_labels
 from prompt_tuning import interpret
 from prompt_tuning.formats import prompt_formats
-from prompt_tuning.inference import labels
 from prompt_tuning.inference import prompt_bank
 
 LABELS = ['positive', 'negative']
@@ -23,9 +23,7 @@ def run(tmp_path_factory):
   """(MODEL_DIR of a finished 2-step run of tiny_sentiment, the frozen fingerprint it
   printed); the task's label words are registered only while it trains."""
   model_dir = tmp_path_factory.mktemp('run')
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(labels, '_LABELS', dict(labels._LABELS))  # pylint: disable=protected-access
-    labels.register_labels('tiny_sentiment', LABELS)
+  with registered_labels(['tiny_sentiment'], LABELS):
     result = cli.run_in_process('train', None, f"--gin.MODEL_DIR='{model_dir}'",
                                 '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=0',
                                 '--gin.CHECKPOINT_PERIOD=1')
